@@ -1,0 +1,117 @@
+// pybind11 module memlens._C: the CPU core. Takes raw data pointers (ints) from Python so
+// the compiled core stays torch-free; releases the GIL around every kernel.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "memlens/topk.h"
+
+namespace py = pybind11;
+using namespace memlens;
+
+namespace {
+
+RowMatrix make_refs(std::uintptr_t ptr, int64_t rows, int64_t cols, int64_t row_stride,
+                    int64_t col_stride, int dtype) {
+  if (dtype < 0 || dtype > 2) throw std::invalid_argument("refs dtype code must be 0, 1 or 2");
+  RowMatrix m;
+  m.data = reinterpret_cast<const void*>(ptr);
+  m.rows = rows;
+  m.cols = cols;
+  m.row_stride = row_stride;
+  m.col_stride = col_stride;
+  m.dtype = static_cast<DType>(dtype);
+  return m;
+}
+
+CpuOptions make_options(int num_threads, int simd) {
+  if (simd < 0 || simd > 3) throw std::invalid_argument("simd level must be 0..3");
+  CpuOptions o;
+  o.num_threads = num_threads;
+  o.simd = static_cast<SimdLevel>(simd);
+  if (!simd_compiled(o.simd) || static_cast<int>(o.simd) > static_cast<int>(detect_simd()))
+    throw std::invalid_argument(std::string("simd level ") + simd_name(o.simd) +
+                                " is not available on this CPU/build");
+  return o;
+}
+
+int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "memlens compiled CPU core";
+
+  m.def(
+      "topk_fp32",
+      [](std::uintptr_t q, int64_t nq, int64_t d, std::uintptr_t r, int64_t nr, int64_t rs,
+         int64_t cs, int rdtype, bool normalize, int64_t k, std::uintptr_t out_scores,
+         std::uintptr_t out_idx, int num_threads, int simd) {
+        RowMatrix refs = make_refs(r, nr, d, rs, cs, rdtype);
+        CpuOptions opt = make_options(num_threads, simd);
+        py::gil_scoped_release release;
+        topk_fp32(reinterpret_cast<const float*>(q), nq, refs, normalize, k,
+                  reinterpret_cast<float*>(out_scores), reinterpret_cast<int64_t*>(out_idx), opt);
+      },
+      py::arg("q"), py::arg("nq"), py::arg("d"), py::arg("r"), py::arg("nr"), py::arg("r_row_stride"),
+      py::arg("r_col_stride"), py::arg("r_dtype"), py::arg("normalize"), py::arg("k"),
+      py::arg("out_scores"), py::arg("out_idx"), py::arg("num_threads"), py::arg("simd"));
+
+  m.def(
+      "topk_candidates",
+      [](std::uintptr_t q, int64_t nq, int64_t d, std::uintptr_t r, int64_t nr, int64_t rs,
+         int64_t cs, int rdtype, bool normalize, int precision, int64_t kc, std::uintptr_t out_approx,
+         std::uintptr_t out_idx, std::uintptr_t out_err, int num_threads, int simd) {
+        if (precision < 1 || precision > 2) throw std::invalid_argument("precision code must be 1 or 2");
+        RowMatrix refs = make_refs(r, nr, d, rs, cs, rdtype);
+        CpuOptions opt = make_options(num_threads, simd);
+        py::gil_scoped_release release;
+        topk_candidates(reinterpret_cast<const float*>(q), nq, refs, normalize,
+                        static_cast<Precision>(precision), kc, reinterpret_cast<float*>(out_approx),
+                        reinterpret_cast<int64_t*>(out_idx), reinterpret_cast<float*>(out_err), opt);
+      },
+      py::arg("q"), py::arg("nq"), py::arg("d"), py::arg("r"), py::arg("nr"), py::arg("r_row_stride"),
+      py::arg("r_col_stride"), py::arg("r_dtype"), py::arg("normalize"), py::arg("precision"),
+      py::arg("kc"), py::arg("out_approx"), py::arg("out_idx"), py::arg("out_err"),
+      py::arg("num_threads"), py::arg("simd"));
+
+  m.def(
+      "rerank_fp32",
+      [](std::uintptr_t q, int64_t nq, int64_t d, std::uintptr_t r, int64_t nr, int64_t rs,
+         int64_t cs, int rdtype, bool normalize, std::uintptr_t idx, int64_t kc,
+         std::uintptr_t out_scores, int num_threads, int simd) {
+        RowMatrix refs = make_refs(r, nr, d, rs, cs, rdtype);
+        CpuOptions opt = make_options(num_threads, simd);
+        py::gil_scoped_release release;
+        rerank_fp32(reinterpret_cast<const float*>(q), nq, refs, normalize,
+                    reinterpret_cast<const int64_t*>(idx), kc, reinterpret_cast<float*>(out_scores),
+                    opt);
+      },
+      py::arg("q"), py::arg("nq"), py::arg("d"), py::arg("r"), py::arg("nr"), py::arg("r_row_stride"),
+      py::arg("r_col_stride"), py::arg("r_dtype"), py::arg("normalize"), py::arg("idx"), py::arg("kc"),
+      py::arg("out_scores"), py::arg("num_threads"), py::arg("simd"));
+
+  m.def("detect_simd", [] { return static_cast<int>(detect_simd()); },
+        "Highest SIMD level this CPU supports (CPUID), capped by what was compiled.");
+  m.def("simd_name", [](int level) { return std::string(simd_name(static_cast<SimdLevel>(level))); });
+  m.def("simd_compiled", [](int level) { return simd_compiled(static_cast<SimdLevel>(level)); });
+  m.def("max_threads", &max_threads);
+#ifdef _OPENMP
+  m.attr("openmp") = true;
+#else
+  m.attr("openmp") = false;
+#endif
+}
