@@ -1,0 +1,124 @@
+"""Boundary checks and conversions for array arguments (numpy arrays or torch tensors).
+
+Errors name the argument and show expected vs actual, and are raised before any kernel runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+ArrayLike = np.ndarray | torch.Tensor
+
+# dtype codes of the compiled core (csrc/include/memlens/types.h)
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+NUMPY_FLOATS = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}
+
+# Finite checks and norm scans stream through inputs in blocks of this many bytes, so a
+# memory-mapped reference set larger than RAM never needs a temporary of its size.
+SCAN_BLOCK_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """A validated 2-D float input, kept in its own container (no copy)."""
+
+    data: ArrayLike
+    name: str
+    rows: int
+    cols: int
+    dtype: torch.dtype  # element type as a torch dtype (numpy float16 -> torch.float16)
+    device: str  # "cpu" or "cuda"
+
+    @property
+    def is_numpy(self) -> bool:
+        return isinstance(self.data, np.ndarray)
+
+    def strides(self) -> tuple[int, int]:
+        """Strides in elements."""
+        if isinstance(self.data, np.ndarray):
+            item = self.data.itemsize
+            return self.data.strides[0] // item, self.data.strides[1] // item
+        s = self.data.stride()
+        return int(s[0]), int(s[1])
+
+    def data_ptr(self) -> int:
+        if isinstance(self.data, np.ndarray):
+            return int(self.data.ctypes.data)
+        return int(self.data.data_ptr())
+
+    def block(self, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) as a torch tensor on the matrix's device (copied from numpy)."""
+        if isinstance(self.data, np.ndarray):
+            return torch.from_numpy(np.array(self.data[start:stop], copy=True))
+        return self.data[start:stop]
+
+    def rows_per_block(self, budget: int = SCAN_BLOCK_BYTES) -> int:
+        return max(1, budget // max(1, self.cols * 8))
+
+
+def as_matrix(x: Any, name: str) -> Matrix:
+    if isinstance(x, np.ndarray):
+        if x.dtype not in NUMPY_FLOATS:
+            raise TypeError(f"{name} must be float32 or float16; got numpy dtype {x.dtype}")
+        if x.ndim != 2:
+            raise ValueError(f"{name} must have shape (N, D); got {tuple(x.shape)}")
+        if any(s % x.itemsize for s in x.strides) or any(s < 0 for s in x.strides):
+            x = np.ascontiguousarray(x)  # byte strides the kernels cannot express
+        return Matrix(x, name, int(x.shape[0]), int(x.shape[1]), NUMPY_FLOATS[x.dtype], "cpu")
+    if isinstance(x, torch.Tensor):
+        if x.dtype not in DTYPE_CODES:
+            raise TypeError(f"{name} must be float32, float16 or bfloat16; got torch dtype {x.dtype}")
+        if x.dim() != 2:
+            raise ValueError(f"{name} must have shape (N, D); got {tuple(x.shape)}")
+        if x.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"{name} must be on cpu or cuda; got device {x.device}")
+        if x.requires_grad:
+            x = x.detach()
+        if any(s < 0 for s in x.stride()):
+            x = x.contiguous()
+        return Matrix(x, name, int(x.shape[0]), int(x.shape[1]), x.dtype, x.device.type)
+    raise TypeError(f"{name} must be a numpy array or a torch tensor; got {type(x).__name__}")
+
+
+def check_int(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
+    v = int(value)
+    if not low <= v <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}]; got {v}")
+    return v
+
+
+def scan_rows(m: Matrix, *, check_finite: bool, want_norm: bool) -> float:
+    """One streaming pass over ``m``: raise on NaN/Inf (if asked) and return max row L2 norm.
+
+    Returns 0.0 when neither is asked (no pass at all).
+    """
+    if not (check_finite or want_norm) or m.rows == 0:
+        return 0.0
+    step = m.rows_per_block()
+    max_sq = 0.0
+    for start in range(0, m.rows, step):
+        blk = m.block(start, min(m.rows, start + step))
+        if check_finite and not bool(torch.isfinite(blk).all()):
+            bad = torch.nonzero(~torch.isfinite(blk))[0].tolist()
+            raise ValueError(
+                f"{m.name} must be finite; found NaN/Inf at row {start + bad[0]}, column {bad[1]}"
+            )
+        if want_norm and blk.numel():
+            sq = blk.to(torch.float64).square().sum(dim=1).max()
+            max_sq = max(max_sq, float(sq))
+    return max_sq**0.5
+
+
+def normalized_queries(block: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """fp32 contiguous copy of a query block, unit-normalized in float64 when asked."""
+    if normalize:
+        b64 = block.to(torch.float64)
+        b64 = b64 / b64.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return b64.to(torch.float32).contiguous()
+    return block.to(torch.float32).contiguous()

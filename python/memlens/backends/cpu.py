@@ -1,0 +1,70 @@
+"""The ``cpu`` backend of cosine_topk: the compiled C++/OpenMP core (memlens._C)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from memlens import _C
+from memlens._arrays import DTYPE_CODES, Matrix
+
+SIMD_ENV = "MEMLENS_SIMD"
+SIMD_NAMES = ("scalar", "avx2", "avx512", "avx512_bf16")
+_PRECISION_CODES = {"bf16": 1, "int8": 2}
+
+
+def supported_simd() -> list[str]:
+    """SIMD levels this CPU and build can run, lowest first."""
+    return [SIMD_NAMES[i] for i in range(_C.detect_simd() + 1) if _C.simd_compiled(i)]
+
+
+def resolve_simd() -> int:
+    """The level to use: the best supported, or a lower one forced by MEMLENS_SIMD."""
+    detected = int(_C.detect_simd())
+    forced = os.environ.get(SIMD_ENV)
+    if not forced:
+        return detected
+    if forced not in SIMD_NAMES:
+        raise ValueError(f"{SIMD_ENV} must be one of {SIMD_NAMES}; got {forced!r}")
+    level = SIMD_NAMES.index(forced)
+    if level > detected or not _C.simd_compiled(level):
+        raise ValueError(
+            f"{SIMD_ENV}={forced} is not supported here; this CPU and build run: "
+            f"{', '.join(supported_simd())}"
+        )
+    return level
+
+
+def _ref_args(q: torch.Tensor, refs: Matrix) -> tuple[int, ...]:
+    rs, cs = refs.strides()
+    return (q.data_ptr(), q.shape[0], q.shape[1], refs.data_ptr(), refs.rows, rs, cs, DTYPE_CODES[refs.dtype])
+
+
+def exact(q: torch.Tensor, refs: Matrix, k: int, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    nq = q.shape[0]
+    scores = torch.empty((nq, k), dtype=torch.float32)
+    idx = torch.empty((nq, k), dtype=torch.int64)
+    _C.topk_fp32(*_ref_args(q, refs), normalize, k, scores.data_ptr(), idx.data_ptr(), 0, resolve_simd())
+    return scores, idx
+
+
+def candidates(
+    q: torch.Tensor, refs: Matrix, kc: int, normalize: bool, precision: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    nq = q.shape[0]
+    approx = torch.empty((nq, kc), dtype=torch.float32)
+    idx = torch.empty((nq, kc), dtype=torch.int64)
+    err = torch.empty((nq,), dtype=torch.float32)
+    _C.topk_candidates(
+        *_ref_args(q, refs), normalize, _PRECISION_CODES[precision], kc,
+        approx.data_ptr(), idx.data_ptr(), err.data_ptr(), 0, resolve_simd(),
+    )  # fmt: skip
+    return approx, idx, err
+
+
+def rerank(q: torch.Tensor, refs: Matrix, idx: torch.Tensor, normalize: bool) -> torch.Tensor:
+    idx = idx.contiguous()
+    scores = torch.empty(idx.shape, dtype=torch.float32)
+    _C.rerank_fp32(*_ref_args(q, refs), normalize, idx.data_ptr(), idx.shape[1], scores.data_ptr(), 0, resolve_simd())
+    return scores

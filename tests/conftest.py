@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+def unit_rows(n: int, d: int, seed: int, dtype: type = np.float32) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(dtype)
+
+
+def true_scores(queries: np.ndarray, refs: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """Full float64 score matrix (test sizes only)."""
+    q = np.asarray(queries, dtype=np.float64)
+    r = np.asarray(refs, dtype=np.float64)
+    if normalize:
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        r = r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)
+    return q @ r.T
+
+
+def assert_exact_topk(scores, indices, queries, refs, k, normalize=True, tie=1e-6) -> None:
+    """The float64 definition of an exact top-k, allowing only ties within ``tie``."""
+    s = scores.cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
+    i = indices.cpu().numpy() if isinstance(indices, torch.Tensor) else np.asarray(indices)
+    if isinstance(queries, torch.Tensor):
+        queries = queries.cpu().float().numpy()
+    if isinstance(refs, torch.Tensor):
+        refs = refs.cpu().float().numpy()
+    full = true_scores(queries, refs, normalize)
+    nq = full.shape[0]
+    assert s.shape == (nq, k) and i.shape == (nq, k)
+    assert s.dtype == np.float32 and i.dtype == np.int64
+    for row in range(nq):
+        assert len(set(i[row].tolist())) == k, "duplicate indices"
+        assert np.all(np.diff(s[row]) <= 0), "scores not sorted descending"
+        got = full[row, i[row]]
+        np.testing.assert_allclose(s[row], got, atol=2e-5, rtol=0)
+        kth = np.sort(full[row])[::-1][k - 1]
+        must = set(np.nonzero(full[row] > kth + tie)[0].tolist())
+        assert must <= set(i[row].tolist()), "missed a true neighbour (recall < 1)"
+        assert got.min() >= kth - tie, "returned a non-neighbour"
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
