@@ -71,7 +71,9 @@ def as_matrix(x: Any, name: str) -> Matrix:
         return Matrix(x, name, int(x.shape[0]), int(x.shape[1]), NUMPY_FLOATS[x.dtype], "cpu")
     if isinstance(x, torch.Tensor):
         if x.dtype not in DTYPE_CODES:
-            raise TypeError(f"{name} must be float32, float16 or bfloat16; got torch dtype {x.dtype}")
+            raise TypeError(
+                f"{name} must be float32, float16 or bfloat16; got torch dtype {x.dtype}"
+            )
         if x.dim() != 2:
             raise ValueError(f"{name} must have shape (N, D); got {tuple(x.shape)}")
         if x.device.type not in ("cpu", "cuda"):

@@ -45,6 +45,8 @@ def build_info() -> dict[str, Any]:
     info["triton_interpret"] = os.environ.get("TRITON_INTERPRET") == "1"
     backends: dict[str, dict[str, Any]] = {}
     for name, spec in _dispatch.registered("cosine_topk").items():
-        backends[name] = {dev: spec.why_unavailable(dev) or "available" for dev in sorted(spec.devices)}
+        backends[name] = {
+            dev: spec.why_unavailable(dev) or "available" for dev in sorted(spec.devices)
+        }
     info["backends"] = backends
     return info

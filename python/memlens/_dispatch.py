@@ -54,7 +54,9 @@ def available(op: str, device: str) -> list[str]:
     return [
         name
         for name in BACKENDS
-        if name in specs and device in specs[name].devices and specs[name].why_unavailable(device) is None
+        if name in specs
+        and device in specs[name].devices
+        and specs[name].why_unavailable(device) is None
     ]
 
 

@@ -36,16 +36,29 @@ def resolve_simd() -> int:
     return level
 
 
-def _ref_args(q: torch.Tensor, refs: Matrix) -> tuple[int, ...]:
+def _ref_args(q: torch.Tensor, refs: Matrix) -> tuple[int, int, int, int, int, int, int, int]:
     rs, cs = refs.strides()
-    return (q.data_ptr(), q.shape[0], q.shape[1], refs.data_ptr(), refs.rows, rs, cs, DTYPE_CODES[refs.dtype])
+    return (
+        q.data_ptr(),
+        q.shape[0],
+        q.shape[1],
+        refs.data_ptr(),
+        refs.rows,
+        rs,
+        cs,
+        DTYPE_CODES[refs.dtype],
+    )
 
 
-def exact(q: torch.Tensor, refs: Matrix, k: int, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def exact(
+    q: torch.Tensor, refs: Matrix, k: int, normalize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     nq = q.shape[0]
     scores = torch.empty((nq, k), dtype=torch.float32)
     idx = torch.empty((nq, k), dtype=torch.int64)
-    _C.topk_fp32(*_ref_args(q, refs), normalize, k, scores.data_ptr(), idx.data_ptr(), 0, resolve_simd())
+    _C.topk_fp32(
+        *_ref_args(q, refs), normalize, k, scores.data_ptr(), idx.data_ptr(), 0, resolve_simd()
+    )
     return scores, idx
 
 
@@ -66,5 +79,13 @@ def candidates(
 def rerank(q: torch.Tensor, refs: Matrix, idx: torch.Tensor, normalize: bool) -> torch.Tensor:
     idx = idx.contiguous()
     scores = torch.empty(idx.shape, dtype=torch.float32)
-    _C.rerank_fp32(*_ref_args(q, refs), normalize, idx.data_ptr(), idx.shape[1], scores.data_ptr(), 0, resolve_simd())
+    _C.rerank_fp32(
+        *_ref_args(q, refs),
+        normalize,
+        idx.data_ptr(),
+        idx.shape[1],
+        scores.data_ptr(),
+        0,
+        resolve_simd(),
+    )
     return scores

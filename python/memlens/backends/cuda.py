@@ -16,17 +16,30 @@ __all__ = ["candidates", "exact", "rerank"]
 _PRECISION_CODES = {"fp32": 0, "bf16": 1, "int8": 2}
 
 
-def _call_args(q: torch.Tensor, refs: Matrix) -> tuple[int, ...]:
+def _call_args(q: torch.Tensor, refs: Matrix) -> tuple[int, int, int, int, int, int, int, int]:
     rs, cs = refs.strides()
-    return (q.data_ptr(), q.shape[0], q.shape[1], refs.data_ptr(), refs.rows, rs, cs, DTYPE_CODES[refs.dtype])
+    return (
+        q.data_ptr(),
+        q.shape[0],
+        q.shape[1],
+        refs.data_ptr(),
+        refs.rows,
+        rs,
+        cs,
+        DTYPE_CODES[refs.dtype],
+    )
 
 
 def _workspace(q: torch.Tensor, refs: Matrix, k: int, precision: str) -> torch.Tensor:
-    nbytes = int(_cuda.workspace_bytes(q.shape[0], refs.rows, q.shape[1], k, _PRECISION_CODES[precision]))
+    nbytes = int(
+        _cuda.workspace_bytes(q.shape[0], refs.rows, q.shape[1], k, _PRECISION_CODES[precision])
+    )
     return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=q.device)
 
 
-def exact(q: torch.Tensor, refs: Matrix, k: int, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def exact(
+    q: torch.Tensor, refs: Matrix, k: int, normalize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     nq = q.shape[0]
     scores = torch.empty((nq, k), dtype=torch.float32, device=q.device)
     idx = torch.empty((nq, k), dtype=torch.int64, device=q.device)

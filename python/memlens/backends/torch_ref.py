@@ -11,6 +11,8 @@ from memlens._arrays import Matrix
 from memlens.reference.topk import topk_over_blocks
 
 
-def exact(q: torch.Tensor, refs: Matrix, k: int, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def exact(
+    q: torch.Tensor, refs: Matrix, k: int, normalize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     s, i = topk_over_blocks(q, refs.rows, refs.block, k, normalize)
     return s.to(torch.float32), i

@@ -16,7 +16,9 @@ def _refs(refs: Matrix) -> torch.Tensor:
     return refs.data
 
 
-def exact(q: torch.Tensor, refs: Matrix, k: int, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def exact(
+    q: torch.Tensor, refs: Matrix, k: int, normalize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     return _kernels.topk_exact(q, _refs(refs), k, normalize)
 
 

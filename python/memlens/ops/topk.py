@@ -19,10 +19,30 @@ PRECISIONS = ("fp32", "bf16", "int8")
 WORKSPACE_ENV = "MEMLENS_WORKSPACE_MB"
 DEFAULT_WORKSPACE_MB = 256
 
-_dispatch.register(OP, _dispatch.BackendSpec("cpu", frozenset({"cpu"}), "memlens.backends.cpu", _dispatch.compiled_cpu_reason))
-_dispatch.register(OP, _dispatch.BackendSpec("cuda", frozenset({"cuda"}), "memlens.backends.cuda", _dispatch.compiled_cuda_reason))
-_dispatch.register(OP, _dispatch.BackendSpec("triton", frozenset({"cuda", "cpu"}), "memlens.backends.triton", _dispatch.triton_reason))
-_dispatch.register(OP, _dispatch.BackendSpec("torch", frozenset({"cuda", "cpu"}), "memlens.backends.torch_ref", _dispatch.always))
+_dispatch.register(
+    OP,
+    _dispatch.BackendSpec(
+        "cpu", frozenset({"cpu"}), "memlens.backends.cpu", _dispatch.compiled_cpu_reason
+    ),
+)
+_dispatch.register(
+    OP,
+    _dispatch.BackendSpec(
+        "cuda", frozenset({"cuda"}), "memlens.backends.cuda", _dispatch.compiled_cuda_reason
+    ),
+)
+_dispatch.register(
+    OP,
+    _dispatch.BackendSpec(
+        "triton", frozenset({"cuda", "cpu"}), "memlens.backends.triton", _dispatch.triton_reason
+    ),
+)
+_dispatch.register(
+    OP,
+    _dispatch.BackendSpec(
+        "torch", frozenset({"cuda", "cpu"}), "memlens.backends.torch_ref", _dispatch.always
+    ),
+)
 
 
 def workspace_bytes() -> int:
@@ -50,9 +70,12 @@ def _query_block(k: int, d: int, precision: str) -> int:
 
 def _device(q: Matrix, r: Matrix) -> str:
     if q.device != r.device:
-        raise ValueError(f"queries and refs must be on the same device; got {q.device} and {r.device}")
+        raise ValueError(
+            f"queries and refs must be on the same device; got {q.device} and {r.device}"
+        )
     if q.device == "cuda":
-        assert isinstance(q.data, torch.Tensor) and isinstance(r.data, torch.Tensor)
+        assert isinstance(q.data, torch.Tensor)
+        assert isinstance(r.data, torch.Tensor)
         if q.data.device != r.data.device:
             raise ValueError(
                 f"queries and refs must be on the same device; got {q.data.device} and {r.data.device}"
@@ -97,7 +120,9 @@ def cosine_topk(
     r = as_matrix(refs, "refs")
     device = _device(q, r)
     if r.cols != q.cols:
-        raise ValueError(f"refs must have d={q.cols} columns like queries; got shape ({r.rows}, {r.cols})")
+        raise ValueError(
+            f"refs must have d={q.cols} columns like queries; got shape ({r.rows}, {r.cols})"
+        )
     if q.cols == 0:
         raise ValueError("queries must have at least one column; got d=0")
     k = check_int(k, "k", 1, MAX_K)
@@ -114,7 +139,7 @@ def cosine_topk(
     if normalize:
         max_ref_norm = 1.0
 
-    out_device = torch.device("cpu") if q.is_numpy else q.data.device  # type: ignore[union-attr]
+    out_device = torch.device("cpu") if q.is_numpy else q.data.device
     if q.rows == 0:
         empty_s = torch.empty((0, k), dtype=torch.float32, device=out_device)
         empty_i = torch.empty((0, k), dtype=torch.int64, device=out_device)
@@ -154,7 +179,10 @@ def merge_topk(parts: Any, k: int) -> tuple[Any, Any]:
         s, i = part
         kinds.add(type(s) is np.ndarray)
         if isinstance(s, np.ndarray) and isinstance(i, np.ndarray):
-            s, i = torch.from_numpy(np.ascontiguousarray(s)), torch.from_numpy(np.ascontiguousarray(i))
+            s, i = (
+                torch.from_numpy(np.ascontiguousarray(s)),
+                torch.from_numpy(np.ascontiguousarray(i)),
+            )
         if not isinstance(s, torch.Tensor) or not isinstance(i, torch.Tensor):
             raise TypeError(f"parts[{n}] must hold two numpy arrays or two torch tensors")
         if s.dim() != 2 or i.shape != s.shape:
@@ -163,7 +191,9 @@ def merge_topk(parts: Any, k: int) -> tuple[Any, Any]:
                 f"{tuple(s.shape)} and {tuple(i.shape)}"
             )
         if not s.is_floating_point() or i.is_floating_point() or i.dtype == torch.bool:
-            raise TypeError(f"parts[{n}] must be (float scores, integer indices); got {s.dtype}, {i.dtype}")
+            raise TypeError(
+                f"parts[{n}] must be (float scores, integer indices); got {s.dtype}, {i.dtype}"
+            )
         if ss and (s.shape[0] != ss[0].shape[0] or s.device != ss[0].device):
             raise ValueError(
                 f"parts[{n}] must have {ss[0].shape[0]} rows on {ss[0].device}; got "

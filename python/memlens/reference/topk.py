@@ -10,7 +10,9 @@ import torch
 _BLOCK_ELEMS = 1 << 23
 
 
-def sort_topk(scores: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sort_topk(
+    scores: torch.Tensor, indices: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of each row by (score descending, index ascending), for any column order."""
     by_index = torch.argsort(indices, dim=1, stable=True)
     scores = torch.gather(scores, 1, by_index)
@@ -54,7 +56,6 @@ def topk_over_blocks(
         idx = torch.arange(start, start + r.shape[0], device=q.device).expand(nq, -1)
         best_s, best_i = sort_topk(torch.cat([best_s, s], 1), torch.cat([best_i, idx], 1), k)
     return best_s, best_i
-
 
 
 def cosine_topk(

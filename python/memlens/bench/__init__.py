@@ -1,0 +1,1 @@
+"""Benchmarks that also ship with the package (``memlens bench ...``)."""
