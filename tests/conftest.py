@@ -30,8 +30,10 @@ def assert_exact_topk(scores, indices, queries, refs, k, normalize=True, tie=1e-
         refs = refs.cpu().float().numpy()
     full = true_scores(queries, refs, normalize)
     nq = full.shape[0]
-    assert s.shape == (nq, k) and i.shape == (nq, k)
-    assert s.dtype == np.float32 and i.dtype == np.int64
+    assert s.shape == (nq, k)
+    assert i.shape == (nq, k)
+    assert s.dtype == np.float32
+    assert i.dtype == np.int64
     for row in range(nq):
         assert len(set(i[row].tolist())) == k, "duplicate indices"
         assert np.all(np.diff(s[row]) <= 0), "scores not sorted descending"

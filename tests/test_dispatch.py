@@ -27,7 +27,9 @@ def test_bad_env_value(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_unavailable_backend_names_what_is_available(monkeypatch: pytest.MonkeyPatch) -> None:
     q = np.ones((1, 4), np.float32)
-    with pytest.raises(memlens.BackendUnavailableError, match=r"backend='cuda'.*available here: .*torch"):
+    with pytest.raises(
+        memlens.BackendUnavailableError, match=r"backend='cuda'.*available here: .*torch"
+    ):
         memlens.cosine_topk(q, q, 1, backend="cuda")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(memlens.BackendUnavailableError, match="TRITON_INTERPRET"):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
-from conftest import assert_exact_topk, true_scores, unit_rows
 
 import memlens
+from conftest import assert_exact_topk, true_scores, unit_rows
 from memlens import _dispatch
 from memlens.reference import cosine_topk as ref_topk
 
@@ -32,7 +34,8 @@ def test_matches_float64_reference(backend: str, precision: str, shape: tuple[in
     q = unit_rows(nq, d, 1)
     r = unit_rows(nr, d, 2)
     s, i = memlens.cosine_topk(q, r, k, precision=precision, backend=backend)
-    assert isinstance(s, np.ndarray) and isinstance(i, np.ndarray)
+    assert isinstance(s, np.ndarray)
+    assert isinstance(i, np.ndarray)
     assert_exact_topk(s, i, q, r, k)
 
 
@@ -70,7 +73,9 @@ def test_torch_inputs_dtypes_and_views(backend: str, ref_dtype: torch.dtype) -> 
     q = torch.randn(6, 65, generator=g).to(ref_dtype)
     for r in (refs, refs_t):
         s, i = memlens.cosine_topk(q, r, 17, backend=backend)
-        assert isinstance(s, torch.Tensor) and s.dtype == torch.float32 and i.dtype == torch.int64
+        assert isinstance(s, torch.Tensor)
+        assert s.dtype == torch.float32
+        assert i.dtype == torch.int64
         assert_exact_topk(s, i, q.float(), r.float(), 17)
 
 
@@ -122,28 +127,55 @@ def test_query_blocks_are_stitched(backend: str, monkeypatch: pytest.MonkeyPatch
 def test_empty_queries_give_empty_results() -> None:
     r = unit_rows(10, 8, 14)
     s, i = memlens.cosine_topk(np.zeros((0, 8), np.float32), r, 4)
-    assert s.shape == (0, 4) and i.shape == (0, 4)
-    assert s.dtype == np.float32 and i.dtype == np.int64
-    st, it = memlens.cosine_topk(torch.zeros(0, 8), torch.from_numpy(r), 4)
-    assert isinstance(st, torch.Tensor) and st.shape == (0, 4)
+    assert s.shape == (0, 4)
+    assert i.shape == (0, 4)
+    assert s.dtype == np.float32
+    assert i.dtype == np.int64
+    st, _it = memlens.cosine_topk(torch.zeros(0, 8), torch.from_numpy(r), 4)
+    assert isinstance(st, torch.Tensor)
+    assert st.shape == (0, 4)
 
 
 # ------------------------------------------------------------------- errors at the boundary
 
 ERRORS = [
-    (lambda q, r: memlens.cosine_topk(q[0], r, 1), ValueError, r"queries must have shape \(N, D\); got \(8,\)"),
+    (
+        lambda q, r: memlens.cosine_topk(q[0], r, 1),
+        ValueError,
+        r"queries must have shape \(N, D\); got \(8,\)",
+    ),
     (lambda q, r: memlens.cosine_topk(q, r[:, :5], 1), ValueError, "refs must have d=8"),
     (lambda q, r: memlens.cosine_topk(q, r, 0), ValueError, r"k must be in \[1, 4096\]; got 0"),
     (lambda q, r: memlens.cosine_topk(q, r, 11), ValueError, "k must be <= the number of refs"),
     (lambda q, r: memlens.cosine_topk(q, r, 4097), ValueError, "k must be in"),
     (lambda q, r: memlens.cosine_topk(q, r, 2.0), TypeError, "k must be an int"),
     (lambda q, r: memlens.cosine_topk(q, r, True), TypeError, "k must be an int"),
-    (lambda q, r: memlens.cosine_topk(q.astype(np.int32), r, 1), TypeError, "queries must be float32"),
-    (lambda q, r: memlens.cosine_topk(q, r.astype(np.float64), 1), TypeError, "refs must be float32"),
-    (lambda q, r: memlens.cosine_topk(q.tolist(), r, 1), TypeError, "queries must be a numpy array"),
-    (lambda q, r: memlens.cosine_topk(q, r, 1, precision="fp16"), ValueError, "precision must be one of"),
+    (
+        lambda q, r: memlens.cosine_topk(q.astype(np.int32), r, 1),
+        TypeError,
+        "queries must be float32",
+    ),
+    (
+        lambda q, r: memlens.cosine_topk(q, r.astype(np.float64), 1),
+        TypeError,
+        "refs must be float32",
+    ),
+    (
+        lambda q, r: memlens.cosine_topk(q.tolist(), r, 1),
+        TypeError,
+        "queries must be a numpy array",
+    ),
+    (
+        lambda q, r: memlens.cosine_topk(q, r, 1, precision="fp16"),
+        ValueError,
+        "precision must be one of",
+    ),
     (lambda q, r: memlens.cosine_topk(q, r, 1, normalize=1), TypeError, "normalize must be a bool"),
-    (lambda q, r: memlens.cosine_topk(q, torch.from_numpy(r).to(torch.int8), 1), TypeError, "refs must be float32"),
+    (
+        lambda q, r: memlens.cosine_topk(q, torch.from_numpy(r).to(torch.int8), 1),
+        TypeError,
+        "refs must be float32",
+    ),
 ]
 
 
@@ -161,7 +193,9 @@ def test_non_finite_inputs_are_rejected(bad: float, where: str) -> None:
     q = unit_rows(3, 8, 17)
     r = unit_rows(10, 8, 18)
     (q if where == "queries" else r)[1, 2] = bad
-    with pytest.raises(ValueError, match=rf"{where} must be finite; found NaN/Inf at row 1, column 2"):
+    with pytest.raises(
+        ValueError, match=rf"{where} must be finite; found NaN/Inf at row 1, column 2"
+    ):
         memlens.cosine_topk(q, r, 2)
 
 
@@ -184,7 +218,7 @@ def test_merge_equals_search_over_concatenation(backend: str) -> None:
     r = np.concatenate([base, base[:100]])  # cross-shard duplicates: ties must go to shard 0
     bounds = [0, 250, 251, 700, 1000]
     parts = []
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+    for a, b in itertools.pairwise(bounds):
         s, i = memlens.cosine_topk(q, r[a:b], min(40, b - a), backend=backend)
         parts.append((s, i + a))
     ms, mi = memlens.merge_topk(parts, 40)
