@@ -1,0 +1,88 @@
+// Run-time SIMD level: what the CPU (and the OS, which must save the wide register state)
+// supports, capped by the ISA translation units this build compiled.
+#include <cpuid.h>
+
+#include <cstdint>
+
+#include "memlens/topk.h"
+
+// The build defines these to 1 for each ISA unit it compiled.
+#ifndef MEMLENS_HAVE_AVX2
+#define MEMLENS_HAVE_AVX2 0
+#endif
+#ifndef MEMLENS_HAVE_AVX512
+#define MEMLENS_HAVE_AVX512 0
+#endif
+#ifndef MEMLENS_HAVE_AVX512BF16
+#define MEMLENS_HAVE_AVX512BF16 0
+#endif
+
+namespace memlens {
+namespace {
+
+// XGETBV without -mxsave: the baseline unit cannot use the intrinsic.
+uint64_t xgetbv0() {
+  uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (static_cast<uint64_t>(hi) << 32) | lo;
+}
+
+SimdLevel cpu_level() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return SimdLevel::scalar;
+  const bool osxsave = c & (1u << 27), avx = c & (1u << 28), fma = c & (1u << 12),
+             f16c = c & (1u << 29);
+  if (!(osxsave && avx && fma && f16c)) return SimdLevel::scalar;
+  const uint64_t xcr0 = xgetbv0();
+  if ((xcr0 & 0x6) != 0x6) return SimdLevel::scalar;  // XMM and YMM state enabled by the OS
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return SimdLevel::scalar;
+  if (!(b & (1u << 5))) return SimdLevel::scalar;  // AVX2
+  const bool avx512 = (b & (1u << 16)) && (b & (1u << 17)) && (b & (1u << 30)) && (b & (1u << 31)) &&
+                      (xcr0 & 0xe6) == 0xe6;  // F, DQ, BW, VL; opmask + ZMM state enabled
+  if (!avx512) return SimdLevel::avx2;
+  const bool vnni = c & (1u << 11);
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return SimdLevel::avx512;
+  const bool bf16 = a & (1u << 5);
+  return vnni && bf16 ? SimdLevel::avx512_bf16 : SimdLevel::avx512;
+}
+
+}  // namespace
+
+bool simd_compiled(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::scalar:
+      return true;
+    case SimdLevel::avx2:
+      return MEMLENS_HAVE_AVX2 == 1;
+    case SimdLevel::avx512:
+      return MEMLENS_HAVE_AVX512 == 1;
+    case SimdLevel::avx512_bf16:
+      return MEMLENS_HAVE_AVX512BF16 == 1;
+  }
+  return false;
+}
+
+SimdLevel detect_simd() {
+  static const SimdLevel level = [] {
+    int l = static_cast<int>(cpu_level());
+    while (l > 0 && !simd_compiled(static_cast<SimdLevel>(l))) --l;
+    return static_cast<SimdLevel>(l);
+  }();
+  return level;
+}
+
+const char* simd_name(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::scalar:
+      return "scalar";
+    case SimdLevel::avx2:
+      return "avx2";
+    case SimdLevel::avx512:
+      return "avx512";
+    case SimdLevel::avx512_bf16:
+      return "avx512_bf16";
+  }
+  return "unknown";
+}
+
+}  // namespace memlens
