@@ -94,6 +94,26 @@ PYBIND11_MODULE(_cuda, m) {
       "Top-kc candidates by approximate (bf16/int8) score plus a per-query bound err on "
       "|approx - exact| over every reference row; asynchronous on `stream`.");
 
+  m.def(
+      "plan_info",
+      [](int64_t nq, int64_t nr, int64_t d, int64_t k, int precision) {
+        const cuda::PlanInfo i = cuda::plan_info(nq, nr, d, k, make_precision(precision, true));
+        py::dict out;
+        out["query_tile"] = i.query_tile;
+        out["ref_tile"] = i.ref_tile;
+        out["dpad"] = i.dpad;
+        out["splits"] = i.splits;
+        out["chunk_rows"] = i.chunk_rows;
+        out["slice_rows"] = i.slice_rows;
+        out["list_capacity"] = i.list_capacity;
+        out["fused_smem"] = i.fused_smem;
+        out["merge_smem"] = i.merge_smem;
+        out["workspace"] = i.workspace;
+        return out;
+      },
+      py::arg("nq"), py::arg("nr"), py::arg("d"), py::arg("k"), py::arg("precision") = 0,
+      "How a call of these sizes is executed: tiles, splits, chunking, shared memory, workspace.");
+
   m.def("device_count", &cuda::device_count, "Visible CUDA devices (0 without driver/device).");
   m.def("device_name", &cuda::device_name, py::arg("device_index"));
   m.attr("max_k") = cuda::kMaxK;

@@ -335,6 +335,25 @@ size_t workspace_bytes(int64_t nq, int64_t nr, int64_t d, int64_t k, Precision p
   return detail::make_plan(nq, nr, d, k, mode).total;
 }
 
+PlanInfo plan_info(int64_t nq, int64_t nr, int64_t d, int64_t k, Precision precision) {
+  const int mode = detail::mode_of(precision);
+  detail::check_sizes(nq, nr, d, k, "k");
+  if (nq == 0) throw std::invalid_argument("plan_info needs nq >= 1");
+  const detail::Plan p = detail::make_plan(nq, nr, d, k, mode);
+  PlanInfo info;
+  info.query_tile = p.bq;
+  info.ref_tile = p.br;
+  info.dpad = p.dpad;
+  info.splits = p.splits;
+  info.chunk_rows = p.chunk_rows;
+  info.slice_rows = p.slice_rows;
+  info.list_capacity = p.cap;
+  info.fused_smem = p.fused_smem;
+  info.merge_smem = p.merge_smem;
+  info.workspace = p.total;
+  return info;
+}
+
 void topk_fp32(const float* queries, int64_t nq, const RowMatrix& refs, bool normalize_refs,
                int64_t k, float* scores, int64_t* indices, void* workspace,
                size_t workspace_bytes, Stream stream) {

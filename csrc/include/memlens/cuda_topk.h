@@ -52,6 +52,21 @@ void topk_candidates(const float* queries, int64_t nq, const RowMatrix& refs, bo
                      Precision precision, int64_t kc, float* approx, int64_t* indices, float* err,
                      void* workspace, size_t workspace_bytes, Stream stream);
 
+// How a call of these sizes is executed (for benchmarks and diagnostics).
+struct PlanInfo {
+  int64_t query_tile = 0;     // queries per CTA
+  int64_t ref_tile = 0;       // reference rows per CTA tile
+  int64_t dpad = 0;           // d zero-padded to the K chunk
+  int64_t splits = 0;         // reference slices per chunk (grid.y)
+  int64_t chunk_rows = 0;     // reference rows converted per pre-pass
+  int64_t slice_rows = 0;     // rows of a chunk per CTA
+  int64_t list_capacity = 0;  // keys per (slice, query) list before a sort
+  size_t fused_smem = 0;      // dynamic shared memory of the fused kernel (bytes)
+  size_t merge_smem = 0;      // dynamic shared memory of the merge kernel (bytes)
+  size_t workspace = 0;       // == workspace_bytes(...)
+};
+PlanInfo plan_info(int64_t nq, int64_t nr, int64_t d, int64_t k, Precision precision);
+
 // Number of visible CUDA devices (0 when there is no driver or no device).
 int device_count();
 // Name of a device, e.g. "NVIDIA H100 80GB HBM3". Throws std::invalid_argument on a bad index.
