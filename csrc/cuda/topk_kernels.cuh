@@ -14,6 +14,16 @@
 //                   cut to k, which raises the threshold. State persists across chunks.
 //   merge_topk    : one CTA per query merges the sorted per-slice lists into the final top-k,
 //                   decodes (score, index) and writes the error bound.
+//
+// Exactness: every (query, row) score is computed by the same instruction sequence wherever the
+// row sits, so duplicate rows give bit-identical scores and the (score desc, index asc) key
+// order reproduces the reference tie-break exactly.
+//
+// Performance notes (first version, chosen for clarity; measure before tuning): K tiles are
+// loaded synchronously (no cp.async double buffering), the tensor-core paths use WMMA with a
+// 64 x 128 CTA tile and a shared-memory epilogue, and the reference rows are converted once per
+// chunk by a memory-bound pre-pass. Next steps toward G1: cp.async/TMA pipelining, BQ = 128,
+// mma.sync (or wgmma on sm_90a) with the threshold filter applied to accumulator registers.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
