@@ -181,50 +181,97 @@ def _round_int8(y):
 
 
 @triton.jit
+def _ref_operand(r, c, MODE: tl.constexpr, HAS_RC: tl.constexpr, DOT_LOWP: tl.constexpr):
+    """fp32 ref tile -> the dot operand (c broadcast to r's shape)."""
+    if MODE == 0:
+        out = r
+    elif MODE == 1:
+        if HAS_RC:
+            r = r * c
+        out = _round_bf16(r)
+        if DOT_LOWP:
+            out = out.to(tl.bfloat16)  # exact: the value is already a bf16 number
+    else:
+        out = _round_int8(r * c).to(tl.int8)
+    return out
+
+
+@triton.jit
+def _query_operand(q, MODE: tl.constexpr, DOT_LOWP: tl.constexpr):
+    if MODE == 1 and DOT_LOWP:
+        q = q.to(tl.bfloat16)  # exact: the host rounded the queries to bf16
+    return q
+
+
+@triton.jit
+def _dot(a, b, acc, MODE: tl.constexpr, DOT_LOWP: tl.constexpr):
+    if MODE == 0 or (MODE == 1 and not DOT_LOWP):
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
 def _score_tile(
     Q, R, RC, RS, QS,
     offs_q, offs_r, nq, nr, d,
     stride_qm, stride_qd, stride_rn, stride_rd,
     MODE: tl.constexpr, HAS_RC: tl.constexpr, HAS_RS: tl.constexpr, DOT_LOWP: tl.constexpr,
+    REFS_AS_A: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """fp32 scores of a BLOCK_Q x BLOCK_R tile (rows/cols outside the matrix are garbage)."""
+    """fp32 scores of a BLOCK_Q x BLOCK_R tile (rows/cols outside the matrix are garbage).
+
+    REFS_AS_A computes the transposed tile R Q^T: the ref tile, which is transformed in
+    registers (quantization), is then the A operand (Hopper wgmma may take A from registers,
+    B must come from shared memory); the tile is transposed back at the end."""
     q_mask = offs_q < nq
     r_mask = offs_r < nr
-    q_base = Q + offs_q.to(tl.int64)[:, None] * stride_qm
-    r_base = R + offs_r.to(tl.int64)[None, :] * stride_rn
+    oq = offs_q.to(tl.int64)
+    orr = offs_r.to(tl.int64)
     if HAS_RC:
         c = tl.load(RC + offs_r, mask=r_mask, other=0.0)
-    if MODE == 2:
-        acc = tl.zeros([BLOCK_Q, BLOCK_R], dtype=tl.int32)
     else:
-        acc = tl.zeros([BLOCK_Q, BLOCK_R], dtype=tl.float32)
+        c = tl.full([BLOCK_R], 1.0, tl.float32)
+    ACC_M: tl.constexpr = BLOCK_R if REFS_AS_A else BLOCK_Q
+    ACC_N: tl.constexpr = BLOCK_Q if REFS_AS_A else BLOCK_R
+    if MODE == 2:
+        acc = tl.zeros([ACC_M, ACC_N], dtype=tl.int32)
+    else:
+        acc = tl.zeros([ACC_M, ACC_N], dtype=tl.float32)
     for d0 in range(0, d, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         d_mask = offs_d < d
-        q = tl.load(
-            q_base + offs_d.to(tl.int64)[None, :] * stride_qd,
-            mask=q_mask[:, None] & d_mask[None, :],
-            other=0,
-        )
-        r = tl.load(
-            r_base + offs_d.to(tl.int64)[:, None] * stride_rd,
-            mask=d_mask[:, None] & r_mask[None, :],
-            other=0,
-        ).to(tl.float32)
-        if MODE == 0:
-            acc = tl.dot(q, r, acc, input_precision="ieee")
-        elif MODE == 1:
-            if HAS_RC:
-                r = r * c[None, :]
-            r = _round_bf16(r)
-            if DOT_LOWP:
-                acc = tl.dot(q.to(tl.bfloat16), r.to(tl.bfloat16), acc)
-            else:
-                acc = tl.dot(q, r, acc, input_precision="ieee")
+        od = offs_d.to(tl.int64)
+        if REFS_AS_A:
+            q = tl.load(
+                Q + oq[None, :] * stride_qm + od[:, None] * stride_qd,
+                mask=d_mask[:, None] & q_mask[None, :],
+                other=0,
+            )
+            r = tl.load(
+                R + orr[:, None] * stride_rn + od[None, :] * stride_rd,
+                mask=r_mask[:, None] & d_mask[None, :],
+                other=0,
+            ).to(tl.float32)
+            a = _ref_operand(r, c[:, None], MODE, HAS_RC, DOT_LOWP)
+            acc = _dot(a, _query_operand(q, MODE, DOT_LOWP), acc, MODE, DOT_LOWP)
         else:
-            ri = _round_int8(r * c[None, :]).to(tl.int8)
-            acc = tl.dot(q, ri, acc)
+            q = tl.load(
+                Q + oq[:, None] * stride_qm + od[None, :] * stride_qd,
+                mask=q_mask[:, None] & d_mask[None, :],
+                other=0,
+            )
+            r = tl.load(
+                R + orr[None, :] * stride_rn + od[:, None] * stride_rd,
+                mask=d_mask[:, None] & r_mask[None, :],
+                other=0,
+            ).to(tl.float32)
+            b = _ref_operand(r, c[None, :], MODE, HAS_RC, DOT_LOWP)
+            acc = _dot(_query_operand(q, MODE, DOT_LOWP), b, acc, MODE, DOT_LOWP)
+    if REFS_AS_A:
+        acc = tl.trans(acc)
     if MODE == 2:
         qs = tl.load(QS + offs_q, mask=q_mask, other=0.0)
         rs = tl.load(RS + offs_r, mask=r_mask, other=0.0)
@@ -249,6 +296,7 @@ def _fused_topk_kernel(
     stride_qm, stride_qd, stride_rn, stride_rd,
     rows_per_split, n_splits,
     MODE: tl.constexpr, HAS_RC: tl.constexpr, HAS_RS: tl.constexpr, DOT_LOWP: tl.constexpr,
+    REFS_AS_A: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, KP: tl.constexpr,
     NATIVE_TOPK: tl.constexpr,
 ):  # fmt: skip
@@ -265,7 +313,7 @@ def _fused_topk_kernel(
         score = _score_tile(
             Q, R, RC, RS, QS, offs_q, offs_r, nq, nr, d,
             stride_qm, stride_qd, stride_rn, stride_rd,
-            MODE, HAS_RC, HAS_RS, DOT_LOWP, BLOCK_Q, BLOCK_R, BLOCK_D,
+            MODE, HAS_RC, HAS_RS, DOT_LOWP, REFS_AS_A, BLOCK_Q, BLOCK_R, BLOCK_D,
         )  # fmt: skip
         keys = _pack_keys(score, offs_r)
         keys = tl.where((offs_r < r_hi)[None, :], keys, _NEG_KEY)
@@ -290,6 +338,7 @@ def _score_keys_kernel(
     nq, nr, d,
     stride_qm, stride_qd, stride_rn, stride_rd, stride_om,
     MODE: tl.constexpr, HAS_RC: tl.constexpr, HAS_RS: tl.constexpr, DOT_LOWP: tl.constexpr,
+    REFS_AS_A: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """Packed keys of a (nq x nr) block (R already offset to the block's first row)."""
@@ -298,7 +347,7 @@ def _score_keys_kernel(
     score = _score_tile(
         Q, R, RC, RS, QS, offs_q, offs_r, nq, nr, d,
         stride_qm, stride_qd, stride_rn, stride_rd,
-        MODE, HAS_RC, HAS_RS, DOT_LOWP, BLOCK_Q, BLOCK_R, BLOCK_D,
+        MODE, HAS_RC, HAS_RS, DOT_LOWP, REFS_AS_A, BLOCK_Q, BLOCK_R, BLOCK_D,
     )  # fmt: skip
     keys = _pack_keys(score, offs_r)  # block-local index; the host adds the block offset
     out = OUT + offs_q.to(tl.int64)[:, None] * stride_om + offs_r[None, :]
@@ -380,11 +429,14 @@ def _ref_stats_kernel(
 
 @dataclass(frozen=True)
 class _Config:
+    """Launch configuration (tile sizes, warps, pipeline stages, operand order)."""
+
     block_q: int
     block_r: int
     block_d: int
     num_warps: int
     num_stages: int
+    refs_as_a: bool = False
 
 
 def _next_pow2(x: int) -> int:
@@ -407,13 +459,13 @@ def _pick_config(mode: int, kp: int, d: int, interpret: bool, fused: bool) -> _C
     bd = {0: 32, 1: 64, 2: 128}[mode]
     bd = max(min_d, min(bd, _next_pow2(d)))
     if not fused:
-        return _Config(64, 128, bd, 8 if mode else 4, 3 if mode else 2)
+        return _Config(64, 128, bd, 8 if mode else 4, 3 if mode else 2, refs_as_a=mode != 0)
     if mode == 0:
         bq = 64 if kp <= 32 else 32 if kp <= 64 else 16
         return _Config(bq, max(64, kp), bd, 4, 2)
     bq = 128 if kp <= 16 else 64 if kp <= 64 else 32 if kp <= 128 else 16
     br = max(128, kp)
-    return _Config(bq, br, bd, 8 if bq * br >= 8192 else 4, 3)
+    return _Config(bq, br, bd, 8 if bq * br >= 8192 else 4, 3, refs_as_a=True)
 
 
 def _num_sms(device: torch.device) -> int:
@@ -572,6 +624,7 @@ def _fused(
             qc.stride(0), qc.stride(1), refs.stride(0), refs.stride(1),
             rows_per_split, splits,
             MODE=p.mode, HAS_RC=p.rc is not None, HAS_RS=p.rs is not None, DOT_LOWP=not interp,
+            REFS_AS_A=cfg.refs_as_a,
             BLOCK_Q=cfg.block_q, BLOCK_R=block_r, BLOCK_D=cfg.block_d, KP=kp, NATIVE_TOPK=not interp,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=False,
         )  # fmt: skip
@@ -619,7 +672,7 @@ def _streaming(
                 m, n, d,
                 qc.stride(0), qc.stride(1), refs.stride(0), refs.stride(1), scratch.stride(0),
                 MODE=p.mode, HAS_RC=p.rc is not None, HAS_RS=p.rs is not None,
-                DOT_LOWP=not interp,
+                DOT_LOWP=not interp, REFS_AS_A=cfg.refs_as_a,
                 BLOCK_Q=cfg.block_q, BLOCK_R=cfg.block_r, BLOCK_D=cfg.block_d,
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=False,
             )  # fmt: skip
