@@ -129,35 +129,53 @@ inline void load_row(const RowMatrix& m, int64_t r, bool normalize, float* out) 
 // Per-row quantization statistics (see RefStats): r_hat is the loaded row, rq its
 // dequantized reduced-precision version.
 inline void account_row(const float* r_hat, const float* rq, int64_t d, RefStats& st) {
-  double e2 = 0, q2 = 0, h2 = 0;
-  for (int64_t i = 0; i < d; ++i) {
+  constexpr int L = 8;  // lane-blocked sums, as in load_row
+  double e2[L] = {}, q2[L] = {}, h2[L] = {};
+  int64_t i = 0;
+  for (; i + L <= d; i += L)
+    for (int l = 0; l < L; ++l) {
+      const double h = r_hat[i + l], q = rq[i + l];
+      e2[l] += (q - h) * (q - h);
+      q2[l] += q * q;
+      h2[l] += h * h;
+    }
+  for (int l = 0; i < d; ++i, ++l) {
     const double h = r_hat[i], q = rq[i];
-    e2 += (q - h) * (q - h);
-    q2 += q * q;
-    h2 += h * h;
+    e2[l] += (q - h) * (q - h);
+    q2[l] += q * q;
+    h2[l] += h * h;
   }
-  st.max_err2 = std::fmax(st.max_err2, e2);
-  st.max_qnorm2 = std::fmax(st.max_qnorm2, q2);
-  st.max_norm2 = std::fmax(st.max_norm2, h2);
+  double se = 0, sq = 0, sh = 0;
+  for (int l = 0; l < L; ++l) se += e2[l], sq += q2[l], sh += h2[l];
+  st.max_err2 = std::fmax(st.max_err2, se);
+  st.max_qnorm2 = std::fmax(st.max_qnorm2, sq);
+  st.max_norm2 = std::fmax(st.max_norm2, sh);
 }
 
 // Symmetric int8 codes of a row with scale max|x| / 127; writes the dequantized row into
 // deq (for the statistics) and returns the scale. Codes stay in [-127, 127].
 inline float quantize_int8_row(const float* x, int64_t d, int8_t* codes, float* deq) {
   float amax = 0;
-  for (int64_t i = 0; i < d; ++i) amax = std::fmax(amax, std::fabs(x[i]));
+  for (int64_t i = 0; i < d; ++i) {
+    const float a = std::fabs(x[i]);
+    amax = a > amax ? a : amax;
+  }
   const float scale = amax / 127.0f;
   if (!(scale > 0) || !std::isfinite(scale)) {  // zero row (or non-finite input): all codes 0
     for (int64_t i = 0; i < d; ++i) codes[i] = 0, deq[i] = 0;
     return std::isfinite(scale) ? 0.0f : scale;
   }
   const float inv = 127.0f / amax;
+  // Branch-free so that it vectorizes: clamp, then round to nearest even by adding and
+  // subtracting 1.5 * 2^23 (exact for |c| <= 127; no -ffast-math folds it away).
+  constexpr float kRound = 12582912.0f;
   for (int64_t i = 0; i < d; ++i) {
     float c = x[i] * inv;
-    c = c > 127.0f ? 127.0f : (c < -127.0f ? -127.0f : c);
-    const int32_t ci = static_cast<int32_t>(c + (c >= 0 ? 0.5f : -0.5f));
-    codes[i] = static_cast<int8_t>(ci);
-    deq[i] = scale * static_cast<float>(ci);
+    c = c > 127.0f ? 127.0f : c;
+    c = c < -127.0f ? -127.0f : c;
+    c = (c + kRound) - kRound;
+    codes[i] = static_cast<int8_t>(static_cast<int32_t>(c));
+    deq[i] = scale * c;
   }
   return scale;
 }

@@ -7,13 +7,14 @@
 namespace memlens::cpu {
 namespace {
 
-// Threshold test of one query's 16 scores (see the AVX-512 unit for the NaN convention).
-inline void select16(__m256 s0, __m256 s1, Reservoir& r, uint32_t valid, int64_t r0, ScanTask& t) {
-  const __m256 th = _mm256_set1_ps(r.threshold);
+// Threshold test of one query's 16 scores s (times `scale`); see topk_select_avx512.h for
+// the NaN convention and why the tile goes through memory.
+inline void select16(float* s, float scale, Reservoir& r, uint32_t valid, int64_t r0, ScanTask& t) {
+  const __m256 th = _mm256_set1_ps(r.threshold), sc = _mm256_set1_ps(scale);
+  const __m256 s0 = _mm256_mul_ps(_mm256_load_ps(s), sc), s1 = _mm256_mul_ps(_mm256_load_ps(s + 8), sc);
   uint32_t m = (static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(s0, th, _CMP_NLE_UQ))) |
                 (static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(s1, th, _CMP_NLE_UQ))) << 8)) & valid;
   if (!m) return;
-  alignas(32) float s[16];
   _mm256_store_ps(s, s0);
   _mm256_store_ps(s + 8, s1);
   for (; m; m &= m - 1) {
@@ -51,8 +52,11 @@ struct F32 {
         c[i][1] = _mm256_fmadd_ps(ai, b1, c[i][1]);
       }
     }
+    alignas(32) float s[MR][NR];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) _mm256_store_ps(s[i], c[i][0]), _mm256_store_ps(s[i] + 8, c[i][1]);
     const uint32_t valid = lanes(n);
-    for (int i = 0; i < m; ++i) select16(c[i][0], c[i][1], t.res[q0 + i], valid, r0, t);
+    for (int i = 0; i < m; ++i) select16(s[i], 1.0f, t.res[q0 + i], valid, r0, t);
   }
 };
 
@@ -88,12 +92,14 @@ struct I8 {
     }
     const float* sr = reinterpret_cast<const float*>(static_cast<const char*>(bp) + scale_offset(d));
     const __m256 sr0 = _mm256_loadu_ps(sr), sr1 = _mm256_loadu_ps(sr + 8);
-    const uint32_t valid = lanes(n);
-    for (int i = 0; i < m; ++i) {
-      const __m256 sq = _mm256_set1_ps(t.qscale[q0 + i]);
-      select16(_mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(c[i][0]), sr0), sq),
-               _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(c[i][1]), sr1), sq), t.res[q0 + i], valid, r0, t);
+    alignas(32) float s[MR][NR];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) {
+      _mm256_store_ps(s[i], _mm256_mul_ps(_mm256_cvtepi32_ps(c[i][0]), sr0));
+      _mm256_store_ps(s[i] + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(c[i][1]), sr1));
     }
+    const uint32_t valid = lanes(n);
+    for (int i = 0; i < m; ++i) select16(s[i], t.qscale[q0 + i], t.res[q0 + i], valid, r0, t);
   }
 };
 

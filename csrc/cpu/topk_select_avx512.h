@@ -7,15 +7,19 @@
 namespace memlens::cpu {
 namespace {
 
-// Threshold test of one query's 32 scores: one compare per 16 lanes; only survivors leave
-// the registers. NLE_UQ is "not <=", true while the threshold is still NaN (reservoir not
-// yet full). The threshold may rise while survivors are pushed, so each is re-tested.
-inline void select32(__m512 s0, __m512 s1, Reservoir& r, __mmask32 valid, int64_t r0, ScanTask& t) {
-  const __m512 th = _mm512_set1_ps(r.threshold);
+// Threshold test of one query's 32 scores s (times `scale`): one compare per 16 lanes.
+// NLE_UQ is "not <=", true while the threshold is still NaN (reservoir not yet full). The
+// threshold may rise while survivors are pushed, so each is re-tested.
+//
+// The kernels write their finished tile to a stack array with constant indices and this
+// reads it back: indexing the accumulators by the (run-time) number of valid rows would
+// make GCC keep them in memory inside the hot loop.
+inline void select32(float* s, float scale, Reservoir& r, __mmask32 valid, int64_t r0, ScanTask& t) {
+  const __m512 th = _mm512_set1_ps(r.threshold), sc = _mm512_set1_ps(scale);
+  const __m512 s0 = _mm512_mul_ps(_mm512_load_ps(s), sc), s1 = _mm512_mul_ps(_mm512_load_ps(s + 16), sc);
   __mmask32 m = (static_cast<__mmask32>(_mm512_cmp_ps_mask(s0, th, _CMP_NLE_UQ)) |
                  (static_cast<__mmask32>(_mm512_cmp_ps_mask(s1, th, _CMP_NLE_UQ)) << 16)) & valid;
   if (!m) return;
-  alignas(64) float s[32];
   _mm512_store_ps(s, s0);
   _mm512_store_ps(s + 16, s1);
   for (; m; m &= m - 1) {
