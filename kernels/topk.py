@@ -83,6 +83,8 @@ FUSED_KP_MAX = 256
 _WORKSPACE_BYTES = 128 << 20
 #: Sentinel key: below the key of every finite (and infinite) score.
 _NEG_KEY: tl.constexpr = tl.constexpr(-(2**63) + 1)
+#: Every key of a real score (even -inf) is >= this; sentinels are below.
+_MIN_VALID_KEY: tl.constexpr = tl.constexpr(-(2**63) + 2**32)
 _MAX_ROWS = 2**32 - 1  # indices are stored in 32 bits of the packed key
 
 _MODE = {"exact": 0, "bf16": 1, "int8": 2}
@@ -160,6 +162,14 @@ def _topk_last(x, K: tl.constexpr, NATIVE: tl.constexpr):
                 h = _merge_hypercube(h, log_k, 2 if i < log_n else 1)
             out = tl.reshape(h, [x.shape[0], K])
     return out
+
+
+@triton.jit
+def _key_score(key):
+    """fp32 score of a packed key; -inf for the sentinels."""
+    hi = (key >> 32).to(tl.int32)
+    bits = hi ^ ((hi >> 31) & 0x7FFFFFFF)
+    return tl.where(key < _MIN_VALID_KEY, float("-inf"), bits.to(tl.float32, bitcast=True))
 
 
 @triton.jit
@@ -298,7 +308,7 @@ def _fused_topk_kernel(
     MODE: tl.constexpr, HAS_RC: tl.constexpr, HAS_RS: tl.constexpr, DOT_LOWP: tl.constexpr,
     REFS_AS_A: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, KP: tl.constexpr,
-    NATIVE_TOPK: tl.constexpr,
+    NATIVE_TOPK: tl.constexpr, SORT_MIN_HITS: tl.constexpr,
 ):  # fmt: skip
     pid_q = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -306,8 +316,11 @@ def _fused_topk_kernel(
     r_lo = pid_s * rows_per_split
     r_hi = tl.minimum(r_lo + rows_per_split, nr)
 
-    best = tl.full([BLOCK_Q, KP], _NEG_KEY, tl.int64)
-    thresh = tl.full([BLOCK_Q], _NEG_KEY, tl.int64)
+    offs_k = tl.arange(0, KP)
+    # running list, unordered; distinct sentinels so that its minimum is a unique slot
+    best = tl.zeros([BLOCK_Q, KP], tl.int64) + (offs_k.to(tl.int64) + _NEG_KEY)[None, :]
+    thresh = tl.min(best, 1)  # the KP-th best key of each row
+    tscore = tl.full([BLOCK_Q], float("-inf"), tl.float32)  # its score (cheap pre-filter)
     for r0 in range(r_lo, r_hi, BLOCK_R):
         offs_r = r0 + tl.arange(0, BLOCK_R)
         score = _score_tile(
@@ -315,19 +328,37 @@ def _fused_topk_kernel(
             stride_qm, stride_qd, stride_rn, stride_rd,
             MODE, HAS_RC, HAS_RS, DOT_LOWP, REFS_AS_A, BLOCK_Q, BLOCK_R, BLOCK_D,
         )  # fmt: skip
-        keys = _pack_keys(score, offs_r)
-        keys = tl.where((offs_r < r_hi)[None, :], keys, _NEG_KEY)
-        hits = tl.where(keys > thresh[:, None], 1, 0)
-        if tl.max(tl.max(hits, 1), 0) > 0:
-            if BLOCK_R > KP:  # noqa: SIM108
-                tile = _topk_last(keys, KP, NATIVE_TOPK)
+        valid = (offs_r < r_hi)[None, :]
+        # fp32 filter first (>=: an equal score with a lower index may still enter)
+        pre = tl.where((score >= tscore[:, None]) & valid, 1, 0)
+        if tl.max(tl.max(pre, 1), 0) > 0:
+            keys = _pack_keys(score, offs_r)
+            keys = tl.where(valid & (keys > thresh[:, None]), keys, _NEG_KEY)
+            n_hits = tl.max(tl.sum(tl.where(keys > thresh[:, None], 1, 0), 1), 0)
+            if n_hits >= SORT_MIN_HITS:
+                # many entries: bitonic merge of the tile's top-KP with the running list
+                if BLOCK_R > KP:  # noqa: SIM108
+                    tile = _topk_last(keys, KP, NATIVE_TOPK)
+                else:
+                    tile = keys
+                merged = tl.reshape(tl.join(best, tile), [BLOCK_Q, 2 * KP])
+                best = _topk_last(merged, KP, NATIVE_TOPK)
+                # keep sentinels distinct (the one-at-a-time path relies on unique slots)
+                sentinel = (offs_k.to(tl.int64) + _NEG_KEY)[None, :]
+                best = tl.where(best < _MIN_VALID_KEY, sentinel, best)
+                thresh = tl.min(best, 1)
             else:
-                tile = keys
-            merged = tl.reshape(tl.join(best, tile), [BLOCK_Q, 2 * KP])
-            best = _topk_last(merged, KP, NATIVE_TOPK)
-            thresh = tl.min(best, 1)
+                # few entries: move the tile's row maxima in one at a time, each replacing
+                # the row's current minimum (a unique slot: all keys are distinct)
+                m = tl.max(keys, 1)
+                while tl.max(tl.where(m > thresh, 1, 0), 0) > 0:
+                    ins = m > thresh
+                    best = tl.where(ins[:, None] & (best == thresh[:, None]), m[:, None], best)
+                    keys = tl.where(keys == m[:, None], _NEG_KEY, keys)
+                    thresh = tl.min(best, 1)
+                    m = tl.max(keys, 1)
+            tscore = _key_score(thresh)
 
-    offs_k = tl.arange(0, KP)
     out = WS + offs_q.to(tl.int64)[:, None] * (n_splits * KP) + pid_s * KP + offs_k[None, :]
     tl.store(out, best, mask=(offs_q < nq)[:, None])
 
@@ -437,6 +468,9 @@ class _Config:
     num_warps: int
     num_stages: int
     refs_as_a: bool = False
+    #: merge a tile by the bitonic network when some row has at least this many new
+    #: entries, else insert them one at a time (0: always the network)
+    sort_min_hits: int = 8
 
 
 def _next_pow2(x: int) -> int:
@@ -626,6 +660,7 @@ def _fused(
             MODE=p.mode, HAS_RC=p.rc is not None, HAS_RS=p.rs is not None, DOT_LOWP=not interp,
             REFS_AS_A=cfg.refs_as_a,
             BLOCK_Q=cfg.block_q, BLOCK_R=block_r, BLOCK_D=cfg.block_d, KP=kp, NATIVE_TOPK=not interp,
+            SORT_MIN_HITS=cfg.sort_min_hits,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=False,
         )  # fmt: skip
         keys = ws[:m].view(m, splits * kp)
