@@ -320,10 +320,13 @@ def test_rerank(level):
     big = rng.standard_normal((400, 2 * 129)).astype(np.float32)
     idx = rng.integers(0, 400, size=(9, 33))
     idx[:, 1] = idx[:, 0]  # repeated candidates
+    # Dense candidates (each row shared by several queries) and sparse ones take different
+    # sorting paths inside rerank_fp32.
     for r in (big[:, :129], big[:, ::2], big[:, :129].astype(np.float16), bf16_bits(big[:, :129])):
-        for normalize in (True, False):
-            s = rerank(q, r, idx, level, normalize)
-            ex = np.take_along_axis(exact_scores(q, r, normalize), idx, 1)
+        for normalize, sel in ((True, idx), (False, idx), (True, idx[:2, :3])):
+            qs = np.ascontiguousarray(q[: sel.shape[0]])
+            s = rerank(qs, r, sel, level, normalize)
+            ex = np.take_along_axis(exact_scores(qs, r, normalize), sel, 1)
             scale = 1 if normalize else np.linalg.norm(as_f64(r), axis=1).max()
             np.testing.assert_allclose(s, ex, rtol=0, atol=float(fp32_tol(q, 129).max() * scale))
             assert (s[:, 0] == s[:, 1]).all()

@@ -7,6 +7,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -304,9 +305,22 @@ void rerank_fp32(const float* queries, int64_t nq, const RowMatrix& refs, bool n
   if (nq <= 0 || kc <= 0) return;
   for (int64_t i = 0; i < nq * kc; ++i)
     if (indices[i] < 0 || indices[i] >= refs.rows) throw std::invalid_argument("rerank index out of range");
+  // Candidate positions ordered by reference index (stable): a counting sort when the
+  // candidates are dense in the references, a comparison sort when they are sparse.
+  const int64_t total = nq * kc, nr = refs.rows;
+  std::vector<int64_t> order(static_cast<size_t>(total));
+  if (nr <= 4 * total) {
+    std::vector<int64_t> start(static_cast<size_t>(nr + 1), 0);
+    for (int64_t p = 0; p < total; ++p) ++start[static_cast<size_t>(indices[p] + 1)];
+    for (int64_t r = 0; r < nr; ++r) start[static_cast<size_t>(r + 1)] += start[static_cast<size_t>(r)];
+    for (int64_t p = 0; p < total; ++p) order[static_cast<size_t>(start[static_cast<size_t>(indices[p])]++)] = p;
+  } else {
+    std::iota(order.begin(), order.end(), int64_t{0});
+    std::stable_sort(order.begin(), order.end(), [indices](int64_t a, int64_t b) { return indices[a] < indices[b]; });
+  }
   const cpu::RerankFn fn = cpu::rerank_for(opt.simd);
   int threads = cpu::thread_count(opt);
-  if (nq < 2) threads = 1;
+  if (total < 64) threads = 1;
 #pragma omp parallel num_threads(threads)
   {
     int tid = 0, nt = 1;
@@ -314,8 +328,9 @@ void rerank_fp32(const float* queries, int64_t nq, const RowMatrix& refs, bool n
     tid = omp_get_thread_num();
     nt = omp_get_num_threads();
 #endif
-    cpu::RerankTask t{queries, nq * tid / nt, nq * (tid + 1) / nt, &refs, normalize_refs, indices, kc, scores};
-    if (t.q_end > t.q_begin) fn(t);
+    const cpu::RerankTask t{queries, &refs, normalize_refs, indices, order.data(),
+                            total * tid / nt, total * (tid + 1) / nt, kc, scores};
+    if (t.end > t.begin) fn(t);
   }
 }
 

@@ -69,12 +69,16 @@ struct ScanTask {
   RefStats stats;          // out (bf16/int8 only)
 };
 
+// Re-ranking visits the (query, candidate) positions p = q * kc + j in order of their
+// reference index (order[begin, end)), so each reference row is loaded and normalized once
+// per run of equal indices instead of once per candidate.
 struct RerankTask {
   const float* q;
-  int64_t q_begin, q_end;
   const RowMatrix* refs;
   bool normalize;
   const int64_t* indices;
+  const int64_t* order;
+  int64_t begin, end;
   int64_t kc;
   float* scores;
 };

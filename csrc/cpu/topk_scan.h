@@ -307,11 +307,11 @@ inline void rerank_rows(const RerankTask& t) {
   const int64_t d = t.refs->cols;
   Scratch row(d * 4);
   float* buf = row.as<float>();
-  for (int64_t q = t.q_begin; q < t.q_end; ++q) {
-    for (int64_t j = 0; j < t.kc; ++j) {
-      load_row(*t.refs, t.indices[q * t.kc + j], t.normalize, buf);
-      t.scores[q * t.kc + j] = dot_f32(t.q + q * d, buf, d);
-    }
+  int64_t loaded = -1;
+  for (int64_t o = t.begin; o < t.end; ++o) {
+    const int64_t p = t.order[o], r = t.indices[p];
+    if (r != loaded) load_row(*t.refs, loaded = r, t.normalize, buf);
+    t.scores[p] = dot_f32(t.q + p / t.kc * d, buf, d);
   }
 }
 
