@@ -8,7 +8,9 @@ beats the best score any excluded reference could have:
     exact_k - slack > approx_{kc+1} + err
 
 (``slack`` bounds the fp32 rounding of the re-rank itself). Uncertified queries are searched
-again with a 4x larger candidate margin; once the margin covers every reference the fp32
+again with a larger candidate margin, extrapolated from how densely their candidates' scores
+sit near the boundary (every pass over the references costs as much as the search, so one
+well-sized retry beats several doublings); once the margin covers every reference the fp32
 exact path answers them. The result is therefore always the exact top-k.
 """
 
@@ -22,7 +24,8 @@ from memlens._arrays import Matrix
 from memlens.reference.topk import sort_topk
 
 FIRST_MARGIN = 32
-GROWTH = 4
+MIN_GROWTH = 2
+SAFETY = 1.5
 
 
 def rerank_slack(d: int, q: torch.Tensor, max_ref_norm: float) -> torch.Tensor:
@@ -59,6 +62,20 @@ def certified_topk(
         bound = approx[:, kc] + err + rerank_slack(q.shape[1], qp, max_ref_norm)
         ok = s[:, k - 1] > bound
         scores[pending[ok]], indices[pending[ok]] = s[ok], i[ok]
+        if not bool(ok.all()):
+            margin = _next_margin(approx[~ok], (s[:, k - 1] - (bound - approx[:, kc]))[~ok], k, kc, margin)
         pending = pending[~ok]
-        margin *= GROWTH
     return scores, indices
+
+
+def _next_margin(approx: torch.Tensor, needed: torch.Tensor, k: int, kc: int, margin: int) -> int:
+    """Candidate margin for the retry of queries that failed certification.
+
+    Every reference whose approximate score reaches ``needed`` may belong to the top-k. The
+    candidate list shows how densely approximate scores are packed near its end; extrapolating
+    that density down to ``needed`` estimates how many more candidates are required.
+    """
+    span = (approx[:, k - 1] - approx[:, kc]).clamp_min(1e-12)
+    per_item = span / max(1, kc - k + 1)
+    missing = ((approx[:, kc] - needed).clamp_min(0) / per_item).max().item()
+    return int(max(margin * MIN_GROWTH, (kc - k + missing) * SAFETY + 16))
