@@ -56,6 +56,11 @@ class Matrix:
             return torch.from_numpy(np.array(self.data[start:stop], copy=True))
         return self.data[start:stop]
 
+    def every(self, step: int) -> Matrix:
+        """Every ``step``-th row, as a view (no copy)."""
+        data = self.data[::step]
+        return Matrix(data, self.name, int(data.shape[0]), self.cols, self.dtype, self.device)
+
     def rows_per_block(self, budget: int = SCAN_BLOCK_BYTES) -> int:
         return max(1, budget // max(1, self.cols * 8))
 

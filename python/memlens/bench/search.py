@@ -233,7 +233,12 @@ def run(
             f"\npeak resident memory during nr={memory['nr']:,} search: "
             f"+{memory['peak_over_inputs_mb']:.0f} MB over {memory['inputs_mb']:.0f} MB of inputs"
         )
-    result = {"machine": meta, "config": asdict(cfg), "rows": [asdict(x) for x in rows], "memory": memory}
+    result = {
+        "machine": meta,
+        "config": asdict(cfg),
+        "rows": [asdict(x) for x in rows],
+        "memory": memory,
+    }
     if json_path:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,15 +7,17 @@ beats the best score any excluded reference could have:
 
     exact_k - slack > approx_{kc+1} + err
 
-(``slack`` bounds the fp32 rounding of the re-rank itself). Uncertified queries are searched
-again with a larger candidate margin, extrapolated from how densely their candidates' scores
-sit near the boundary (every pass over the references costs as much as the search, so one
-well-sized retry beats several doublings); once the margin covers every reference the fp32
-exact path answers them. The result is therefore always the exact top-k.
+(``slack`` bounds the fp32 rounding of the re-rank itself). Every pass over the references
+costs as much as the search, so the candidate margin is sized up front by a cheap pilot on a
+sample of the references, and uncertified queries are searched again with a margin
+extrapolated from how densely their candidates' scores sit near the boundary; once the
+margin covers every reference the fp32 exact path answers them. The result is therefore
+always the exact top-k.
 """
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 
 import torch
@@ -24,6 +26,8 @@ from memlens._arrays import Matrix
 from memlens.reference.topk import sort_topk
 
 FIRST_MARGIN = 32
+PILOT_ROWS = 8192
+PILOT_QUERIES = 256
 MIN_GROWTH = 2
 SAFETY = 1.5
 
@@ -48,7 +52,7 @@ def certified_topk(
     scores = torch.empty((nq, k), dtype=torch.float32, device=q.device)
     indices = torch.empty((nq, k), dtype=torch.int64, device=q.device)
     pending = torch.arange(nq, device=q.device)
-    margin = max(FIRST_MARGIN, k // 4)
+    margin = _first_margin(impl, q, refs, k, normalize, precision, max_ref_norm)
     while pending.numel():
         kc = k + margin
         qp = q[pending]
@@ -59,13 +63,49 @@ def certified_topk(
         approx, cand, err = impl.candidates(qp, refs, kc + 1, normalize, precision)
         exact = impl.rerank(qp, refs, cand[:, :kc], normalize)
         s, i = sort_topk(exact, cand[:, :kc], k)
-        bound = approx[:, kc] + err + rerank_slack(q.shape[1], qp, max_ref_norm)
-        ok = s[:, k - 1] > bound
+        # an excluded reference could score up to approx[:, kc] + err; the re-rank is off by
+        # at most slack: lower every candidate's claim to the top-k by both
+        tolerance = err + rerank_slack(q.shape[1], qp, max_ref_norm)
+        needed = s[:, k - 1] - tolerance  # approx score an excluded ref would need
+        ok = approx[:, kc] < needed
         scores[pending[ok]], indices[pending[ok]] = s[ok], i[ok]
         if not bool(ok.all()):
-            margin = _next_margin(approx[~ok], (s[:, k - 1] - (bound - approx[:, kc]))[~ok], k, kc, margin)
+            margin = _next_margin(approx[~ok], needed[~ok], k, kc, margin)
         pending = pending[~ok]
     return scores, indices
+
+
+def _first_margin(
+    impl: ModuleType,
+    q: torch.Tensor,
+    refs: Matrix,
+    k: int,
+    normalize: bool,
+    precision: str,
+    max_ref_norm: float,
+) -> int:
+    """Candidate margin from a pilot search of a few queries on a strided sample of the refs.
+
+    How many candidates certification needs depends on how many references score within
+    about 2·err of the k-th neighbour, a property of the data. A pilot on ~1/step of the
+    references (costing ~1/step of a pass, against a whole extra pass for a retry) estimates
+    the k-th score and the density of approximate scores around it.
+    """
+    default = max(FIRST_MARGIN, k // 4)
+    step = refs.rows // PILOT_ROWS
+    if step < 4:  # a small reference set: a retry is cheap anyway
+        return default
+    sample = refs.every(step)
+    qs = q[:: max(1, q.shape[0] // PILOT_QUERIES)]
+    rank = k * sample.rows / refs.rows  # where the k-th neighbour falls within the sample
+    kc = int(min(sample.rows, max(64, 8 * math.ceil(rank))))
+    approx, _, err = impl.candidates(qs, sample, kc, normalize, precision)
+    kth = approx[:, min(kc - 1, int(rank))]
+    low = kth - 2 * err - rerank_slack(q.shape[1], qs, max_ref_norm)
+    in_band = (approx >= low[:, None]).sum(dim=1).to(torch.float64)
+    # in_band == kc means the band reaches past the pilot's list: a lower bound, extrapolated
+    estimate = float(in_band.quantile(0.9)) * step
+    return int(max(default, SAFETY * estimate - k + 16))
 
 
 def _next_margin(approx: torch.Tensor, needed: torch.Tensor, k: int, kc: int, margin: int) -> int:
