@@ -240,3 +240,49 @@ def test_merge_errors() -> None:
         memlens.merge_topk([(s, i), (torch.from_numpy(s), torch.from_numpy(i))], 2)
     with pytest.raises(TypeError, match="float scores, integer indices"):
         memlens.merge_topk([(i, s)], 2)
+
+
+# ------------------------------------------------------ certification of reduced precision
+
+
+def _count_candidate_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from memlens.backends import cpu
+
+    calls: list[int] = []
+    original = cpu.candidates
+
+    def counted(q, refs, kc, normalize, precision):
+        calls.append(kc)
+        return original(q, refs, kc, normalize, precision)
+
+    monkeypatch.setattr(cpu, "candidates", counted)
+    return calls
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="CPU core not built")
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_retries_until_certified(monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
+    from memlens.ops import _certify
+
+    monkeypatch.setattr(_certify, "_first_margin", lambda *a: 1)  # far too few candidates
+    calls = _count_candidate_passes(monkeypatch)
+    q = unit_rows(20, 64, 23)
+    r = unit_rows(6000, 64, 24)
+    s, i = memlens.cosine_topk(q, r, 30, precision=precision, backend="cpu")
+    assert len(calls) >= 2, "the first pass should have failed certification"
+    assert_exact_topk(s, i, q, r, 30)
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="CPU core not built")
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_pilot_sizes_the_margin(monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
+    from memlens.ops import _certify
+
+    monkeypatch.setattr(_certify, "PILOT_ROWS", 500)
+    calls = _count_candidate_passes(monkeypatch)
+    q = unit_rows(40, 128, 25)
+    r = unit_rows(20000, 128, 26)
+    s, i = memlens.cosine_topk(q, r, 50, precision=precision, backend="cpu")
+    assert len(calls) == 2, f"pilot + one certified pass expected; got kc={calls}"
+    assert calls[1] > 50 + _certify.FIRST_MARGIN
+    assert_exact_topk(s, i, q, r, 50)
