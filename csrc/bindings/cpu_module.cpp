@@ -13,23 +13,14 @@
 
 #include "memlens/topk.h"
 
+#include "args.h"
+
 namespace py = pybind11;
 using namespace memlens;
 
 namespace {
 
-RowMatrix make_refs(std::uintptr_t ptr, int64_t rows, int64_t cols, int64_t row_stride,
-                    int64_t col_stride, int dtype) {
-  if (dtype < 0 || dtype > 2) throw std::invalid_argument("refs dtype code must be 0, 1 or 2");
-  RowMatrix m;
-  m.data = reinterpret_cast<const void*>(ptr);
-  m.rows = rows;
-  m.cols = cols;
-  m.row_stride = row_stride;
-  m.col_stride = col_stride;
-  m.dtype = static_cast<DType>(dtype);
-  return m;
-}
+using bindings::make_refs;
 
 CpuOptions make_options(int num_threads, int simd) {
   if (simd < 0 || simd > 3) throw std::invalid_argument("simd level must be 0..3");

@@ -10,25 +10,14 @@
 
 #include "memlens/cuda_topk.h"
 
+#include "args.h"
+
 namespace py = pybind11;
 using namespace memlens;
 
 namespace {
 
-RowMatrix make_refs(std::uintptr_t ptr, int64_t rows, int64_t cols, int64_t row_stride,
-                    int64_t col_stride, int dtype) {
-  if (dtype < 0 || dtype > 2)
-    throw std::invalid_argument("r_dtype code must be 0 (f32), 1 (f16) or 2 (bf16); got " +
-                                std::to_string(dtype));
-  RowMatrix m;
-  m.data = reinterpret_cast<const void*>(ptr);
-  m.rows = rows;
-  m.cols = cols;
-  m.row_stride = row_stride;
-  m.col_stride = col_stride;
-  m.dtype = static_cast<DType>(dtype);
-  return m;
-}
+using bindings::make_refs;
 
 Precision make_precision(int code, bool allow_fp32) {
   if (code == 1 || code == 2 || (allow_fp32 && code == 0)) return static_cast<Precision>(code);

@@ -50,6 +50,20 @@ class Matrix:
             return int(self.data.ctypes.data)
         return int(self.data.data_ptr())
 
+    def kernel_args(self, q: torch.Tensor) -> tuple[int, int, int, int, int, int, int, int]:
+        """Leading arguments of the compiled top-k entry points: queries, then these refs."""
+        rs, cs = self.strides()
+        return (
+            q.data_ptr(),
+            q.shape[0],
+            q.shape[1],
+            self.data_ptr(),
+            self.rows,
+            rs,
+            cs,
+            DTYPE_CODES[self.dtype],
+        )
+
     def block(self, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) as a torch tensor on the matrix's device (copied from numpy)."""
         if isinstance(self.data, np.ndarray):

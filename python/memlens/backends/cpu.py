@@ -7,7 +7,7 @@ import os
 import torch
 
 from memlens import _C
-from memlens._arrays import DTYPE_CODES, Matrix
+from memlens._arrays import Matrix
 
 SIMD_ENV = "MEMLENS_SIMD"
 SIMD_NAMES = ("scalar", "avx2", "avx512", "avx512_bf16")
@@ -36,20 +36,6 @@ def resolve_simd() -> int:
     return level
 
 
-def _ref_args(q: torch.Tensor, refs: Matrix) -> tuple[int, int, int, int, int, int, int, int]:
-    rs, cs = refs.strides()
-    return (
-        q.data_ptr(),
-        q.shape[0],
-        q.shape[1],
-        refs.data_ptr(),
-        refs.rows,
-        rs,
-        cs,
-        DTYPE_CODES[refs.dtype],
-    )
-
-
 def exact(
     q: torch.Tensor, refs: Matrix, k: int, normalize: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +43,7 @@ def exact(
     scores = torch.empty((nq, k), dtype=torch.float32)
     idx = torch.empty((nq, k), dtype=torch.int64)
     _C.topk_fp32(
-        *_ref_args(q, refs), normalize, k, scores.data_ptr(), idx.data_ptr(), 0, resolve_simd()
+        *refs.kernel_args(q), normalize, k, scores.data_ptr(), idx.data_ptr(), 0, resolve_simd()
     )
     return scores, idx
 
@@ -70,7 +56,7 @@ def candidates(
     idx = torch.empty((nq, kc), dtype=torch.int64)
     err = torch.empty((nq,), dtype=torch.float32)
     _C.topk_candidates(
-        *_ref_args(q, refs), normalize, _PRECISION_CODES[precision], kc,
+        *refs.kernel_args(q), normalize, _PRECISION_CODES[precision], kc,
         approx.data_ptr(), idx.data_ptr(), err.data_ptr(), 0, resolve_simd(),
     )  # fmt: skip
     return approx, idx, err
@@ -80,7 +66,7 @@ def rerank(q: torch.Tensor, refs: Matrix, idx: torch.Tensor, normalize: bool) ->
     idx = idx.contiguous()
     scores = torch.empty(idx.shape, dtype=torch.float32)
     _C.rerank_fp32(
-        *_ref_args(q, refs),
+        *refs.kernel_args(q),
         normalize,
         idx.data_ptr(),
         idx.shape[1],

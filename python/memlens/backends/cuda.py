@@ -9,25 +9,11 @@ from __future__ import annotations
 import torch
 
 from memlens import _cuda
-from memlens._arrays import DTYPE_CODES, Matrix
+from memlens._arrays import Matrix
 from memlens.backends._rerank import rerank
 
 __all__ = ["candidates", "exact", "rerank"]
 _PRECISION_CODES = {"fp32": 0, "bf16": 1, "int8": 2}
-
-
-def _call_args(q: torch.Tensor, refs: Matrix) -> tuple[int, int, int, int, int, int, int, int]:
-    rs, cs = refs.strides()
-    return (
-        q.data_ptr(),
-        q.shape[0],
-        q.shape[1],
-        refs.data_ptr(),
-        refs.rows,
-        rs,
-        cs,
-        DTYPE_CODES[refs.dtype],
-    )
 
 
 def _workspace(q: torch.Tensor, refs: Matrix, k: int, precision: str) -> torch.Tensor:
@@ -47,7 +33,7 @@ def exact(
     with torch.cuda.device(q.device):
         stream = torch.cuda.current_stream().cuda_stream
         _cuda.topk_fp32(
-            *_call_args(q, refs), normalize, k, scores.data_ptr(), idx.data_ptr(),
+            *refs.kernel_args(q), normalize, k, scores.data_ptr(), idx.data_ptr(),
             ws.data_ptr(), ws.numel(), stream,
         )  # fmt: skip
     return scores, idx
@@ -64,7 +50,7 @@ def candidates(
     with torch.cuda.device(q.device):
         stream = torch.cuda.current_stream().cuda_stream
         _cuda.topk_candidates(
-            *_call_args(q, refs), normalize, _PRECISION_CODES[precision], kc,
+            *refs.kernel_args(q), normalize, _PRECISION_CODES[precision], kc,
             approx.data_ptr(), idx.data_ptr(), err.data_ptr(), ws.data_ptr(), ws.numel(), stream,
         )  # fmt: skip
     return approx, idx, err
