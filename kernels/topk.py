@@ -85,6 +85,8 @@ _WORKSPACE_BYTES = 128 << 20
 _NEG_KEY: tl.constexpr = tl.constexpr(-(2**63) + 1)
 #: Every key of a real score (even -inf) is >= this; sentinels are below.
 _MIN_VALID_KEY: tl.constexpr = tl.constexpr(-(2**63) + 2**32)
+_NEVER_HITS = 1 << 30  # sort_min_hits value: never use the bitonic network
+_NEVER: tl.constexpr = tl.constexpr(_NEVER_HITS)
 _MAX_ROWS = 2**32 - 1  # indices are stored in 32 bits of the packed key
 
 _MODE = {"exact": 0, "bf16": 1, "int8": 2}
@@ -300,6 +302,37 @@ def _score_tile(
 
 
 @triton.jit
+def _merge_network(best, keys, KP: tl.constexpr, NATIVE_TOPK: tl.constexpr):
+    """Bitonic merge of the tile's top-KP with the running list (any number of entries)."""
+    BLOCK_Q: tl.constexpr = keys.shape[0]
+    BLOCK_R: tl.constexpr = keys.shape[1]
+    if BLOCK_R > KP:  # noqa: SIM108
+        tile = _topk_last(keys, KP, NATIVE_TOPK)
+    else:
+        tile = keys
+    merged = tl.reshape(tl.join(best, tile), [BLOCK_Q, 2 * KP])
+    best = _topk_last(merged, KP, NATIVE_TOPK)
+    # keep sentinels distinct (the one-at-a-time path relies on unique slots)
+    sentinel = (tl.arange(0, KP).to(tl.int64) + _NEG_KEY)[None, :]
+    best = tl.where(best < _MIN_VALID_KEY, sentinel, best)
+    return best, tl.min(best, 1)
+
+
+@triton.jit
+def _merge_insert(best, keys, thresh):
+    """Move the tile's row maxima in one at a time, each replacing the row's current minimum
+    (a unique slot: all keys are distinct). Cheap when few keys beat the threshold."""
+    m = tl.max(keys, 1)
+    while tl.max(tl.where(m > thresh, 1, 0), 0) > 0:
+        ins = m > thresh
+        best = tl.where(ins[:, None] & (best == thresh[:, None]), m[:, None], best)
+        keys = tl.where(keys == m[:, None], _NEG_KEY, keys)
+        thresh = tl.min(best, 1)
+        m = tl.max(keys, 1)
+    return best, thresh
+
+
+@triton.jit
 def _fused_topk_kernel(
     Q, R, RC, RS, QS, WS,
     nq, nr, d,
@@ -334,29 +367,16 @@ def _fused_topk_kernel(
         if tl.max(tl.max(pre, 1), 0) > 0:
             keys = _pack_keys(score, offs_r)
             keys = tl.where(valid & (keys > thresh[:, None]), keys, _NEG_KEY)
-            n_hits = tl.max(tl.sum(tl.where(keys > thresh[:, None], 1, 0), 1), 0)
-            if n_hits >= SORT_MIN_HITS:
-                # many entries: bitonic merge of the tile's top-KP with the running list
-                if BLOCK_R > KP:  # noqa: SIM108
-                    tile = _topk_last(keys, KP, NATIVE_TOPK)
-                else:
-                    tile = keys
-                merged = tl.reshape(tl.join(best, tile), [BLOCK_Q, 2 * KP])
-                best = _topk_last(merged, KP, NATIVE_TOPK)
-                # keep sentinels distinct (the one-at-a-time path relies on unique slots)
-                sentinel = (offs_k.to(tl.int64) + _NEG_KEY)[None, :]
-                best = tl.where(best < _MIN_VALID_KEY, sentinel, best)
-                thresh = tl.min(best, 1)
+            if SORT_MIN_HITS == 0:
+                best, thresh = _merge_network(best, keys, KP, NATIVE_TOPK)
+            elif SORT_MIN_HITS >= _NEVER:
+                best, thresh = _merge_insert(best, keys, thresh)
             else:
-                # few entries: move the tile's row maxima in one at a time, each replacing
-                # the row's current minimum (a unique slot: all keys are distinct)
-                m = tl.max(keys, 1)
-                while tl.max(tl.where(m > thresh, 1, 0), 0) > 0:
-                    ins = m > thresh
-                    best = tl.where(ins[:, None] & (best == thresh[:, None]), m[:, None], best)
-                    keys = tl.where(keys == m[:, None], _NEG_KEY, keys)
-                    thresh = tl.min(best, 1)
-                    m = tl.max(keys, 1)
+                n_hits = tl.max(tl.sum(tl.where(keys > thresh[:, None], 1, 0), 1), 0)
+                if n_hits >= SORT_MIN_HITS:
+                    best, thresh = _merge_network(best, keys, KP, NATIVE_TOPK)
+                else:
+                    best, thresh = _merge_insert(best, keys, thresh)
             tscore = _key_score(thresh)
 
     out = WS + offs_q.to(tl.int64)[:, None] * (n_splits * KP) + pid_s * KP + offs_k[None, :]
@@ -493,13 +513,19 @@ def _pick_config(mode: int, kp: int, d: int, interpret: bool, fused: bool) -> _C
     bd = {0: 32, 1: 64, 2: 128}[mode]
     bd = max(min_d, min(bd, _next_pow2(d)))
     if not fused:
-        return _Config(64, 128, bd, 8 if mode else 4, 3 if mode else 2, refs_as_a=mode != 0)
+        if mode == 0:
+            return _Config(64, 64, bd, 4, 2)
+        return _Config(64, 128, bd, 8, 3, refs_as_a=mode == 2)
+    # Chosen by compiling for sm_90 offline and minimizing register spills (ptxas STACK);
+    # the one-at-a-time merge only (the bitonic network adds most of the spills). To be
+    # re-tuned by timing on an H100.
     if mode == 0:
         bq = 64 if kp <= 32 else 32 if kp <= 64 else 16
-        return _Config(bq, max(64, kp), bd, 4, 2)
-    bq = 128 if kp <= 16 else 64 if kp <= 64 else 32 if kp <= 128 else 16
-    br = max(128, kp)
-    return _Config(bq, br, bd, 8 if bq * br >= 8192 else 4, 3, refs_as_a=True)
+        return _Config(bq, max(64, kp), bd, 4, 2, sort_min_hits=_NEVER_HITS)
+    bq = 64 if kp <= 128 else 32
+    if mode == 1:
+        return _Config(bq, max(128, kp), bd, 8, 3, refs_as_a=False, sort_min_hits=_NEVER_HITS)
+    return _Config(bq, max(64, kp), bd, 8, 3, refs_as_a=True, sort_min_hits=_NEVER_HITS)
 
 
 def _num_sms(device: torch.device) -> int:
@@ -562,7 +588,7 @@ def _prepare(queries: torch.Tensor, refs: torch.Tensor, mode: int, normalize: bo
     if mode == 0 and not normalize:
         return _Prepared(0, q, None, None, None, None)
 
-    stats_br, stats_bd = (16, 32) if _interpreting(dev) else (32, min(128, max(16, _next_pow2(d))))
+    stats_br, stats_bd = (16, 32) if _interpreting(dev) else (16, min(64, max(16, _next_pow2(d))))
     n_prog = triton.cdiv(nr, stats_br)
     c = torch.empty(nr, dtype=torch.float32, device=dev) if mode else None
     s = torch.empty(nr, dtype=torch.float32, device=dev)
