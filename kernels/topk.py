@@ -738,7 +738,7 @@ def _streaming(
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=False,
             )  # fmt: skip
             # the kernel packed block-local indices: shift the (inverted) index part
-            keys = blk - r0
+            keys = blk.sub_(r0)
             cand = keys if running is None else torch.cat([running, keys], dim=1)
             running = torch.topk(cand, min(k, cand.shape[1]), dim=1, sorted=True).values
         assert running is not None

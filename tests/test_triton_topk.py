@@ -464,3 +464,82 @@ def test_candidates_zero_rows_and_tiny_shapes(precision: str) -> None:
     check_candidates(a, i, err, exact_scores(q, r, True), nr)
     a1, i1, err1 = tk.topk_candidates(q[:1], r[:1], 1, True, precision)
     check_candidates(a1, i1, err1, exact_scores(q[:1], r[:1], True), 1)
+
+
+# ------------------------------------------------------------------------------------------
+# GPU compilation without a GPU
+# ------------------------------------------------------------------------------------------
+
+_COMPILE_SCRIPT = r"""
+import importlib, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+tk = importlib.import_module(sys.argv[1])
+target = GPUTarget("cuda", 90, 32)
+
+
+def build(fn, sig, constexprs, cfg):
+    sig = dict(sig)
+    for name in constexprs:
+        sig[name] = "constexpr"
+    src = ASTSource(
+        fn=fn, signature=sig,
+        constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()},
+    )
+    opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=False)
+    triton.compile(src, target=target, options=opts)
+
+
+QT = {0: "*fp32", 1: "*fp32", 2: "*i8"}
+I32 = "i32"
+for mode, rdt in ((0, "fp16"), (1, "bf16"), (2, "fp32")):
+    flags = dict(MODE=mode, HAS_RC=mode != 0, HAS_RS=mode != 1, DOT_LOWP=True)
+    for kp in (16, 256):
+        cfg = tk._pick_config(mode, kp, 512, False, True)
+        sig = dict(Q=QT[mode], R="*" + rdt, RC="*fp32", RS="*fp32", QS="*fp32", WS="*i64")
+        sig.update({n: I32 for n in ("nq", "nr", "d", "stride_qm", "stride_qd", "stride_rn",
+                                     "stride_rd", "rows_per_split", "n_splits")})
+        # the GPU default (one-at-a-time merge) and, once, the hybrid with the bitonic network
+        for smh in {cfg.sort_min_hits, 8 if (kp, mode) == (16, 1) else cfg.sort_min_hits}:
+            build(tk._fused_topk_kernel, sig, dict(
+                flags, REFS_AS_A=cfg.refs_as_a, BLOCK_Q=cfg.block_q,
+                BLOCK_R=max(cfg.block_r, kp), BLOCK_D=cfg.block_d, KP=kp, NATIVE_TOPK=True,
+                SORT_MIN_HITS=smh), cfg)
+    cfg = tk._pick_config(mode, 1024, 512, False, False)
+    sig = dict(Q=QT[mode], R="*" + rdt, RC="*fp32", RS="*fp32", QS="*fp32", OUT="*i64")
+    sig.update({n: I32 for n in ("nq", "nr", "d", "stride_qm", "stride_qd", "stride_rn",
+                                 "stride_rd", "stride_om")})
+    build(tk._score_keys_kernel, sig, dict(
+        flags, REFS_AS_A=cfg.refs_as_a, BLOCK_Q=cfg.block_q, BLOCK_R=cfg.block_r,
+        BLOCK_D=cfg.block_d), cfg)
+    sig = dict(R="*" + rdt, C="*fp32", S="*fp32", PMAX="*fp64")
+    sig.update({n: I32 for n in ("nr", "d", "stride_rn", "stride_rd", "n_prog")})
+    build(tk._ref_stats_kernel, sig, dict(MODE=mode, NORMALIZE=True, BLOCK_R=16,
+                                          BLOCK_D=64), cfg)
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_sm90() -> None:
+    """Every kernel and default GPU configuration compiles to an sm_90 cubin (ptxas), which
+    the interpreter alone would not catch. Needs no GPU."""
+    import subprocess
+    import sys
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        pytest.skip("triton's bundled ptxas is not available")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    out = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SCRIPT, tk.__name__],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "compiled" in out.stdout
