@@ -286,3 +286,16 @@ def test_pilot_sizes_the_margin(monkeypatch: pytest.MonkeyPatch, precision: str)
     assert len(calls) == 2, f"pilot + one certified pass expected; got kc={calls}"
     assert calls[1] > 50 + _certify.FIRST_MARGIN
     assert_exact_topk(s, i, q, r, 50)
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="CPU core not built")
+def test_hopeless_margin_falls_back_to_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    from memlens.ops import _certify
+
+    monkeypatch.setattr(_certify, "_first_margin", lambda *a: 10**6)
+    calls = _count_candidate_passes(monkeypatch)
+    q = unit_rows(5, 32, 27)
+    r = unit_rows(3000, 32, 28)
+    s, i = memlens.cosine_topk(q, r, 20, precision="int8", backend="cpu")
+    assert calls == []
+    assert_exact_topk(s, i, q, r, 20)

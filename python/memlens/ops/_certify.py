@@ -11,8 +11,9 @@ beats the best score any excluded reference could have:
 costs as much as the search, so the candidate margin is sized up front by a cheap pilot on a
 sample of the references, and uncertified queries are searched again with a margin
 extrapolated from how densely their candidates' scores sit near the boundary; once the
-margin covers every reference the fp32 exact path answers them. The result is therefore
-always the exact top-k.
+margin covers every reference, or grows past what a reduced-precision pass can profit from
+(``max_candidates``), the fp32 exact path answers them. The result is therefore always the
+exact top-k.
 """
 
 from __future__ import annotations
@@ -30,6 +31,17 @@ PILOT_ROWS = 8192
 PILOT_QUERIES = 256
 MIN_GROWTH = 2
 SAFETY = 1.5
+
+
+def max_candidates(k: int) -> int:
+    """Largest kc worth a reduced-precision pass.
+
+    Beyond it the per-query candidate lists and the re-rank cost more than the cheaper
+    arithmetic saves (and their memory grows with nq·kc), so the fp32 kernel answers instead.
+    This happens when very many references score within the quantization error of the k-th
+    neighbour, e.g. int8 on unstructured high-dimensional data at large k.
+    """
+    return max(4 * k, k + 2048)
 
 
 def rerank_slack(d: int, q: torch.Tensor, max_ref_norm: float) -> torch.Tensor:
@@ -56,7 +68,7 @@ def certified_topk(
     while pending.numel():
         kc = k + margin
         qp = q[pending]
-        if kc + 1 > refs.rows:
+        if kc + 1 > refs.rows or kc > max_candidates(k):
             s, i = impl.exact(qp, refs, k, normalize)
             scores[pending], indices[pending] = s, i
             break
