@@ -22,13 +22,27 @@ asks. Invalid slots hold ``_NEG_KEY``, which is below the key of every finite sc
 Each program streams its slice of the references in ``BLOCK_R`` tiles, computes the
 ``BLOCK_Q x BLOCK_R`` score tile with ``tl.dot`` (looping over d in ``BLOCK_D`` chunks; the
 refs are read in place with arbitrary strides and any of fp32/fp16/bf16) and keeps a
-running per-query top-``kp`` of packed keys in registers. A tile is merged only if one of
-its keys beats the running ``kp``-th key of its row (a scalar branch per tile: after the
-first few tiles of a slice almost no tile needs a merge); a merge is
-``topk(tile, kp)`` + ``topk(join(best, tile), kp)``. Each program writes its ``kp`` keys to
-a workspace ``(nq, splits, kp)``; ``torch.topk`` over the ``splits * kp`` packed keys of each
-query gives the final answer (keys are unique, so torch's tie handling does not matter).
-The workspace is bounded by ``_WORKSPACE_BYTES`` (queries are processed in chunks).
+running, unordered per-query list of ``kp`` packed keys in registers together with its
+minimum (the row's threshold key) and that key's score. Per tile:
+
+1. fp32 pre-filter ``score >= threshold score``; a tile with no candidate in any row (the
+   common case once the list has warmed up) costs one compare and one reduction;
+2. otherwise the tile's keys are packed and merged, by one of (``_Config.sort_min_hits``):
+   - *insert*: while some row has a tile key above its threshold, move each row's largest
+     tile key into the slot of the row's minimum. Cost ~ (max new entries per row) x tile,
+     few registers. GPU default.
+   - *bitonic network*: ``topk(tile, kp)`` then ``topk(join(best, tile), kp)``
+     (``tl.topk``; under the interpreter an equivalent min/max network, since the
+     interpreter evaluates ``tl.topk``'s xor-reduction element by element). Cost independent
+     of the number of entries but high register pressure (spills on sm_90).
+   - *hybrid*: network when some row has >= ``sort_min_hits`` new entries, else insert.
+   The sentinels of empty slots are distinct (``_NEG_KEY + slot``) so that a row's minimum
+   is always one unique slot.
+
+Each program writes its ``kp`` keys to a workspace ``(nq, splits, kp)``; ``torch.topk``
+over the ``splits * kp`` packed keys of each query gives the final answer (keys are unique,
+so torch's tie handling does not matter). The workspace is bounded by ``_WORKSPACE_BYTES``
+(queries are processed in chunks).
 
 *Streaming fallback* (``kp > FUSED_KP_MAX``, i.e. k > 256, up to nr): a Triton kernel writes
 the packed keys of one bounded ``(query chunk x ref chunk)`` block to a scratch buffer and
