@@ -19,6 +19,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ import torch
 try:
     from memlens.kernels import topk as tk
 except ImportError:  # running from a source checkout
-    from kernels import topk as tk  # type: ignore[no-redef]
+    from kernels import topk as tk
 
 FAILURES: list[str] = []
 
@@ -163,9 +164,9 @@ def main() -> None:
     flop = 2.0 * nq * nr * d
     for k in (10, 100, 1000):
         benches: list[tuple[str, Callable[[], object]]] = [
-            ("triton bf16 candidates", lambda k=k: tk.topk_candidates(q, rb, k, False, "bf16")),
-            ("triton int8 candidates", lambda k=k: tk.topk_candidates(q, rb, k, False, "int8")),
-            ("torch bf16 mm+topk", lambda k=k: torch_baseline(q, rb, k)),
+            ("triton bf16 candidates", partial(tk.topk_candidates, q, rb, k, False, "bf16")),
+            ("triton int8 candidates", partial(tk.topk_candidates, q, rb, k, False, "int8")),
+            ("torch bf16 mm+topk", partial(torch_baseline, q, rb, k)),
         ]
         for name, fn in benches:
             t = timed(fn, dev, reps)
@@ -175,7 +176,7 @@ def main() -> None:
             )  # fmt: skip
     nq_e = nq // 4
     for k in (10, 100):
-        t = timed(lambda k=k: tk.topk_exact(q[:nq_e], rb, k, False), dev, reps)
+        t = timed(partial(tk.topk_exact, q[:nq_e], rb, k, False), dev, reps)
         emit(bench="triton fp32 exact", nq=nq_e, nr=nr, d=d, k=k, seconds=t,
              pairs_per_s=nq_e * nr / t)  # fmt: skip
     if FAILURES:
