@@ -98,10 +98,11 @@ def _first_margin(
 ) -> int:
     """Candidate margin from a pilot search of a few queries on a strided sample of the refs.
 
-    How many candidates certification needs depends on how many references score within
-    about 2·err of the k-th neighbour, a property of the data. A pilot on ~1/step of the
-    references (costing ~1/step of a pass, against a whole extra pass for a retry) estimates
-    the k-th score and the density of approximate scores around it.
+    Certification needs every reference whose approximate score lies within
+    band = 2·err + slack below the k-th neighbour's, a property of the data. Near the top the
+    number of references scoring above s falls off about exponentially, N(s) ∝ exp(-β s); the
+    pilot (~1/step of a pass, against a whole extra pass for a retry) measures β per query from
+    the sample's top scores, and N(s_k - band) ≈ k·exp(β·band) follows without knowing s_k.
     """
     default = max(FIRST_MARGIN, k // 4)
     step = refs.rows // PILOT_ROWS
@@ -110,14 +111,16 @@ def _first_margin(
     sample = refs.every(step)
     qs = q[:: max(1, q.shape[0] // PILOT_QUERIES)]
     rank = k * sample.rows / refs.rows  # where the k-th neighbour falls within the sample
-    kc = int(min(sample.rows, max(64, 8 * math.ceil(rank))))
+    kc = int(min(sample.rows, max(64, 4 * math.ceil(rank))))
     approx, _, err = impl.candidates(qs, sample, kc, normalize, precision)
-    kth = approx[:, min(kc - 1, int(rank))]
-    low = kth - 2 * err - rerank_slack(q.shape[1], qs, max_ref_norm)
-    in_band = (approx >= low[:, None]).sum(dim=1).to(torch.float64)
-    # in_band == kc means the band reaches past the pilot's list: a lower bound, extrapolated
-    estimate = float(in_band.quantile(0.9)) * step
-    return int(max(default, SAFETY * estimate - k + 16))
+    # the log-density slope between two ranks bracketing the k-th neighbour's
+    j1 = int(rank // 2)
+    j2 = min(kc - 1, max(j1 + 16, 2 * math.ceil(rank)))
+    gap = (approx[:, j1] - approx[:, j2]).to(torch.float64).clamp_min(1e-9)
+    beta = math.log((j2 + 1) / (j1 + 1)) / gap
+    band = 2 * err.to(torch.float64) + rerank_slack(q.shape[1], qs, max_ref_norm)
+    needed = k * torch.exp((beta * band).clamp_max(30.0))
+    return int(max(default, SAFETY * float(needed.quantile(0.9)) - k + 16))
 
 
 def _next_margin(approx: torch.Tensor, needed: torch.Tensor, k: int, kc: int, margin: int) -> int:
