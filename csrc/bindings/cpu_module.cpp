@@ -22,11 +22,13 @@ namespace {
 
 using bindings::make_refs;
 
-CpuOptions make_options(int num_threads, int simd) {
+CpuOptions make_options(int num_threads, int simd, int64_t state_bytes = 0) {
+  if (state_bytes < 0) throw std::invalid_argument("state_bytes must be >= 0");
   if (simd < 0 || simd > 3) throw std::invalid_argument("simd level must be 0..3");
   CpuOptions o;
   o.num_threads = num_threads;
   o.simd = static_cast<SimdLevel>(simd);
+  o.state_bytes = state_bytes;
   if (!simd_compiled(o.simd) || static_cast<int>(o.simd) > static_cast<int>(detect_simd()))
     throw std::invalid_argument(std::string("simd level ") + simd_name(o.simd) +
                                 " is not available on this CPU/build");
@@ -50,25 +52,27 @@ PYBIND11_MODULE(_C, m) {
       "topk_fp32",
       [](std::uintptr_t q, int64_t nq, int64_t d, std::uintptr_t r, int64_t nr, int64_t rs,
          int64_t cs, int rdtype, bool normalize, int64_t k, std::uintptr_t out_scores,
-         std::uintptr_t out_idx, int num_threads, int simd) {
+         std::uintptr_t out_idx, int num_threads, int simd, int64_t state_bytes) {
         RowMatrix refs = make_refs(r, nr, d, rs, cs, rdtype);
-        CpuOptions opt = make_options(num_threads, simd);
+        CpuOptions opt = make_options(num_threads, simd, state_bytes);
         py::gil_scoped_release release;
         topk_fp32(reinterpret_cast<const float*>(q), nq, refs, normalize, k,
                   reinterpret_cast<float*>(out_scores), reinterpret_cast<int64_t*>(out_idx), opt);
       },
       py::arg("q"), py::arg("nq"), py::arg("d"), py::arg("r"), py::arg("nr"), py::arg("r_row_stride"),
       py::arg("r_col_stride"), py::arg("r_dtype"), py::arg("normalize"), py::arg("k"),
-      py::arg("out_scores"), py::arg("out_idx"), py::arg("num_threads"), py::arg("simd"));
+      py::arg("out_scores"), py::arg("out_idx"), py::arg("num_threads"), py::arg("simd"),
+      py::arg("state_bytes") = 0);
 
   m.def(
       "topk_candidates",
       [](std::uintptr_t q, int64_t nq, int64_t d, std::uintptr_t r, int64_t nr, int64_t rs,
          int64_t cs, int rdtype, bool normalize, int precision, int64_t kc, std::uintptr_t out_approx,
-         std::uintptr_t out_idx, std::uintptr_t out_err, int num_threads, int simd) {
+         std::uintptr_t out_idx, std::uintptr_t out_err, int num_threads, int simd,
+         int64_t state_bytes) {
         if (precision < 1 || precision > 2) throw std::invalid_argument("precision code must be 1 or 2");
         RowMatrix refs = make_refs(r, nr, d, rs, cs, rdtype);
-        CpuOptions opt = make_options(num_threads, simd);
+        CpuOptions opt = make_options(num_threads, simd, state_bytes);
         py::gil_scoped_release release;
         topk_candidates(reinterpret_cast<const float*>(q), nq, refs, normalize,
                         static_cast<Precision>(precision), kc, reinterpret_cast<float*>(out_approx),
@@ -77,7 +81,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("q"), py::arg("nq"), py::arg("d"), py::arg("r"), py::arg("nr"), py::arg("r_row_stride"),
       py::arg("r_col_stride"), py::arg("r_dtype"), py::arg("normalize"), py::arg("precision"),
       py::arg("kc"), py::arg("out_approx"), py::arg("out_idx"), py::arg("out_err"),
-      py::arg("num_threads"), py::arg("simd"));
+      py::arg("num_threads"), py::arg("simd"), py::arg("state_bytes") = 0);
 
   m.def(
       "rerank_fp32",

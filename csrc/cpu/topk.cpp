@@ -33,9 +33,10 @@ bool better(const Candidate& a, const Candidate& b) {
   return a.score > b.score || (a.score == b.score && a.index < b.index);
 }
 
-// Reservoir memory per query block (all threads): bounds the workspace for large k and nq;
-// a larger query block only saves passes over the references.
-constexpr int64_t kStateBudget = int64_t{64} << 20;
+// Default reservoir memory per query block (all threads, CpuOptions::state_bytes): bounds the
+// workspace for large k and nq. Every extra query block is one more pass over the references,
+// so it is sized to hold 4096 queries x k = 1000 (fp32) or their bf16/int8 candidate lists.
+constexpr int64_t kDefaultStateBudget = int64_t{192} << 20;
 // Below this many queries per thread, threads split the references instead of the queries:
 // each thread packs every reference it scores, and packing a row costs about as much as
 // scoring it against a few dozen queries.
@@ -113,7 +114,8 @@ void search(const float* queries, int64_t nq, const RowMatrix& refs, bool normal
   const bool split_queries = nq >= kMinQueriesPerThread * threads;
   const int64_t sources = split_queries ? 1 : threads;
   constexpr int64_t entry_bytes = sizeof(float) + sizeof(int64_t);
-  const int64_t qb = std::clamp<int64_t>(kStateBudget / (cap * entry_bytes * sources), 1, nq);
+  const int64_t budget = opt.state_bytes > 0 ? opt.state_bytes : kDefaultStateBudget;
+  const int64_t qb = std::clamp<int64_t>(budget / (cap * entry_bytes * sources), 1, nq);
   // Left uninitialized: reservoirs only read what they wrote.
   std::unique_ptr<float[]> store_score(new float[static_cast<size_t>(qb * sources * cap)]);
   std::unique_ptr<int64_t[]> store_index(new int64_t[static_cast<size_t>(qb * sources * cap)]);

@@ -16,6 +16,7 @@ def topk_fp32(
     out_idx: int,
     num_threads: int,
     simd: int,
+    state_bytes: int = 0,
 ) -> None: ...
 def topk_candidates(
     q: int,
@@ -34,6 +35,7 @@ def topk_candidates(
     out_err: int,
     num_threads: int,
     simd: int,
+    state_bytes: int = 0,
 ) -> None: ...
 def rerank_fp32(
     q: int,

@@ -18,6 +18,9 @@ namespace memlens {
 struct CpuOptions {
   int num_threads = 0;                    // 0: OpenMP's default
   SimdLevel simd = SimdLevel::scalar;     // resolved by the caller (see cpu_features.h)
+  // Memory for the per-query selection state of one pass over the references; more queries
+  // than fit are searched in several passes. 0: the default (192 MiB).
+  int64_t state_bytes = 0;
 };
 
 // Exact fp32 top-k: scores[q*k + j], indices[q*k + j] for j < k. Requires 1 <= k <= refs.rows.

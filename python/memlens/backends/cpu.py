@@ -8,6 +8,7 @@ import torch
 
 from memlens import _C
 from memlens._arrays import Matrix
+from memlens._config import workspace_bytes
 
 SIMD_ENV = "MEMLENS_SIMD"
 SIMD_NAMES = ("scalar", "avx2", "avx512", "avx512_bf16")
@@ -36,6 +37,11 @@ def resolve_simd() -> int:
     return level
 
 
+def _state_bytes() -> int:
+    """The kernel's selection state gets half the workspace; its outputs the rest."""
+    return workspace_bytes() // 2
+
+
 def exact(
     q: torch.Tensor, refs: Matrix, k: int, normalize: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,8 +49,9 @@ def exact(
     scores = torch.empty((nq, k), dtype=torch.float32)
     idx = torch.empty((nq, k), dtype=torch.int64)
     _C.topk_fp32(
-        *refs.kernel_args(q), normalize, k, scores.data_ptr(), idx.data_ptr(), 0, resolve_simd()
-    )
+        *refs.kernel_args(q), normalize, k, scores.data_ptr(), idx.data_ptr(), 0, resolve_simd(),
+        _state_bytes(),
+    )  # fmt: skip
     return scores, idx
 
 
@@ -57,7 +64,7 @@ def candidates(
     err = torch.empty((nq,), dtype=torch.float32)
     _C.topk_candidates(
         *refs.kernel_args(q), normalize, _PRECISION_CODES[precision], kc,
-        approx.data_ptr(), idx.data_ptr(), err.data_ptr(), 0, resolve_simd(),
+        approx.data_ptr(), idx.data_ptr(), err.data_ptr(), 0, resolve_simd(), _state_bytes(),
     )  # fmt: skip
     return approx, idx, err
 

@@ -10,6 +10,8 @@ import functools
 import json
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -142,6 +144,26 @@ class PeakRSS:
         self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
+def memory_probe(nq: int, nr: int, d: int, k: int, precision: str) -> dict[str, Any]:
+    """Peak resident memory of one search, measured in a fresh process (no allocator history)."""
+    code = (
+        "import json, numpy as np, memlens\n"
+        "from memlens.bench.search import PeakRSS, unit_rows\n"
+        f"q, r = unit_rows({nq}, {d}, 1), unit_rows({nr}, {d}, 2)\n"
+        "with PeakRSS() as mem:\n"
+        f"    memlens.cosine_topk(q, r, {k}, precision={precision!r}, backend='cpu')\n"
+        "print(json.dumps({'inputs_mb': (q.nbytes + r.nbytes) / 2**20,"
+        " 'peak_over_inputs_mb': (mem.peak - mem.start) / 2**20}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return {
+        "nr": nr,
+        "k": k,
+        "precision": precision,
+        **json.loads(out.stdout.strip().splitlines()[-1]),
+    }
+
+
 def _methods(q: np.ndarray, r: np.ndarray, k: int, index: Any) -> dict[str, Callable[[], Any]]:
     """The contenders for one (nr, k) cell; the first is the reference for ratios and recall."""
     methods: dict[str, Callable[[], Any]] = {}
@@ -180,7 +202,6 @@ def run(
         log("faiss is not installed: ratios to faiss are omitted (pip install faiss-cpu)")
     q = unit_rows(nq, d, 1)
     rows: list[Row] = []
-    memory: dict[str, Any] = {}
     for nr in cfg.nr:
         r = unit_rows(nr, d, 2)
         repeat = 3 if nr * nq <= 5e8 else 1
@@ -198,16 +219,7 @@ def run(
             truth: np.ndarray | None = None
             faiss_rate: float | None = None
             for name, fn in methods.items():
-                if nr >= 1_000_000 and name == "memlens cpu fp32" and k == 10:
-                    with PeakRSS() as mem:
-                        secs, (_s, i) = timed(fn, repeat)
-                    memory = {
-                        "nr": nr, "k": k,
-                        "inputs_mb": (q.nbytes + r.nbytes) / 2**20,
-                        "peak_over_inputs_mb": (mem.peak - mem.start) / 2**20,
-                    }  # fmt: skip
-                else:
-                    secs, (_s, i) = timed(fn, repeat)
+                secs, (_s, i) = timed(fn, repeat)
                 i = np.asarray(i)
                 pairs = nq * nr / secs
                 row = Row(name, nr, k, secs, pairs, pairs * 2 * d / 1e9)
@@ -228,10 +240,13 @@ def run(
                     + (f"  recall {row.recall:.4f}" if row.recall is not None else "")
                 )
         meta.setdefault("sgemm_gflops", {})[str(nr)] = sg
-    if memory:
+    memory = [
+        memory_probe(nq, max(cfg.nr), d, k, p) for k, p in ((10, "fp32"), (max(cfg.k), "bf16"))
+    ]
+    for m in memory:
         log(
-            f"\npeak resident memory during nr={memory['nr']:,} search: "
-            f"+{memory['peak_over_inputs_mb']:.0f} MB over {memory['inputs_mb']:.0f} MB of inputs"
+            f"peak resident memory, fresh process, nr={m['nr']:,} k={m['k']} {m['precision']}: "
+            f"+{m['peak_over_inputs_mb']:.0f} MB over {m['inputs_mb']:.0f} MB of inputs"
         )
     result = {
         "machine": meta,

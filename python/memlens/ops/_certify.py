@@ -29,6 +29,9 @@ from memlens.reference.topk import sort_topk
 FIRST_MARGIN = 32
 PILOT_ROWS = 8192
 PILOT_QUERIES = 256
+# Queries re-ranked together: bounds the re-rank's temporaries while each reference row
+# gathered is still shared by many queries.
+RERANK_QUERIES = 1024
 MIN_GROWTH = 2
 SAFETY = 1.5
 
@@ -73,18 +76,40 @@ def certified_topk(
             scores[pending], indices[pending] = s, i
             break
         approx, cand, err = impl.candidates(qp, refs, kc + 1, normalize, precision)
-        exact = impl.rerank(qp, refs, cand[:, :kc], normalize)
-        s, i = sort_topk(exact, cand[:, :kc], k)
-        # an excluded reference could score up to approx[:, kc] + err; the re-rank is off by
-        # at most slack: lower every candidate's claim to the top-k by both
-        tolerance = err + rerank_slack(q.shape[1], qp, max_ref_norm)
-        needed = s[:, k - 1] - tolerance  # approx score an excluded ref would need
+        s, i, needed = _rerank(impl, qp, refs, approx, cand, err, k, normalize, max_ref_norm)
         ok = approx[:, kc] < needed
         scores[pending[ok]], indices[pending[ok]] = s[ok], i[ok]
         if not bool(ok.all()):
             margin = _next_margin(approx[~ok], needed[~ok], k, kc, margin)
         pending = pending[~ok]
     return scores, indices
+
+
+def _rerank(
+    impl: ModuleType,
+    q: torch.Tensor,
+    refs: Matrix,
+    approx: torch.Tensor,
+    cand: torch.Tensor,
+    err: torch.Tensor,
+    k: int,
+    normalize: bool,
+    max_ref_norm: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact top-k among the first kc candidates, and the approximate score an excluded
+    reference would need to displace it (blocks of queries bound the temporaries)."""
+    kc = cand.shape[1] - 1
+    nq = q.shape[0]
+    s = torch.empty((nq, k), dtype=torch.float32, device=q.device)
+    i = torch.empty((nq, k), dtype=torch.int64, device=q.device)
+    for a in range(0, nq, RERANK_QUERIES):
+        b = min(nq, a + RERANK_QUERIES)
+        exact = impl.rerank(q[a:b], refs, cand[a:b, :kc], normalize)
+        s[a:b], i[a:b] = sort_topk(exact, cand[a:b, :kc], k)
+    # an excluded reference could score up to approx[:, kc] + err, and the re-rank is off by
+    # at most slack: the k-th exact score must beat both
+    needed = s[:, k - 1] - err - rerank_slack(q.shape[1], q, max_ref_norm)
+    return s, i, needed
 
 
 def _first_margin(

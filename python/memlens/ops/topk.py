@@ -10,14 +10,13 @@ import torch
 
 from memlens import _dispatch
 from memlens._arrays import Matrix, as_matrix, check_int, normalized_queries, scan_rows
+from memlens._config import workspace_bytes
 from memlens.ops._certify import certified_topk
 from memlens.reference.topk import sort_topk
 
 OP = "cosine_topk"
 MAX_K = 4096
 PRECISIONS = ("fp32", "bf16", "int8")
-WORKSPACE_ENV = "MEMLENS_WORKSPACE_MB"
-DEFAULT_WORKSPACE_MB = 256
 
 _dispatch.register(
     OP,
@@ -43,19 +42,6 @@ _dispatch.register(
         "torch", frozenset({"cuda", "cpu"}), "memlens.backends.torch_ref", _dispatch.always
     ),
 )
-
-
-def workspace_bytes() -> int:
-    raw = os.environ.get(WORKSPACE_ENV)
-    if not raw:
-        return DEFAULT_WORKSPACE_MB << 20
-    try:
-        mb = int(raw)
-    except ValueError:
-        raise ValueError(f"{WORKSPACE_ENV} must be an integer number of MiB; got {raw!r}") from None
-    if mb < 16:
-        raise ValueError(f"{WORKSPACE_ENV} must be at least 16; got {mb}")
-    return mb << 20
 
 
 def _query_block(k: int, d: int, precision: str) -> int:
