@@ -2,10 +2,10 @@
 
 Run from the repository root on a CUDA machine (a few minutes on an H100; try --small first)::
 
-    python -m kernels.gpu_check_topk            # full
-    python -m kernels.gpu_check_topk --small    # quick smoke run
+    python benchmarks/gpu_check_topk.py            # full
+    python benchmarks/gpu_check_topk.py --small    # quick smoke run
 
-(``TRITON_INTERPRET=1 python -m kernels.gpu_check_topk --tiny`` runs the same logic on the
+(``TRITON_INTERPRET=1 python benchmarks/gpu_check_topk.py --tiny`` runs the same logic on the
 CPU.) Prints one JSON object per line; a failed check raises at the end with the list.
 Timings: median of CUDA-event-timed runs after a warm-up, pairs/s = nq * nr / seconds, and
 the same-run torch baseline (``torch.mm`` + ``torch.topk`` over bounded chunks).

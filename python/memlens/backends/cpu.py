@@ -38,8 +38,8 @@ def resolve_simd() -> int:
 
 
 def _state_bytes() -> int:
-    """The kernel's selection state gets half the workspace; its outputs the rest."""
-    return workspace_bytes() // 2
+    """The kernel's selection state gets 3/4 of the workspace; its outputs the rest."""
+    return workspace_bytes() * 3 // 4
 
 
 def exact(
