@@ -250,6 +250,14 @@ void scan(ScanTask& t) {
     }
     for (int64_t mp = 0; mp < nmp; ++mp) {
       const int m = static_cast<int>(imin(K::MR, t.nq - mp * K::MR));
+      // Every other micro-panel's queries appended since these reservoirs were last touched,
+      // so their append positions are cold: fetch them while the first tiles compute (with
+      // large k, survivors are many and each would otherwise wait on memory).
+      for (int i = 0; i < m; ++i) {
+        const Reservoir& res = t.res[mp * K::MR + i];
+        __builtin_prefetch(res.score + res.size, 1);
+        __builtin_prefetch(res.index + res.size, 1);
+      }
       for (int64_t g = 0; g < ng; ++g)
         K::compute(a.as<char>(mp * ab), b.as<char>(g * bb), t, mp * K::MR, m, r + g * K::NR,
                    static_cast<int>(imin(K::NR, nr - g * K::NR)));
