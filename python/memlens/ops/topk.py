@@ -18,30 +18,13 @@ OP = "cosine_topk"
 MAX_K = 4096
 PRECISIONS = ("fp32", "bf16", "int8")
 
-_dispatch.register(
-    OP,
-    _dispatch.BackendSpec(
-        "cpu", frozenset({"cpu"}), "memlens.backends.cpu", _dispatch.compiled_cpu_reason
-    ),
-)
-_dispatch.register(
-    OP,
-    _dispatch.BackendSpec(
-        "cuda", frozenset({"cuda"}), "memlens.backends.cuda", _dispatch.compiled_cuda_reason
-    ),
-)
-_dispatch.register(
-    OP,
-    _dispatch.BackendSpec(
-        "triton", frozenset({"cuda", "cpu"}), "memlens.backends.triton", _dispatch.triton_reason
-    ),
-)
-_dispatch.register(
-    OP,
-    _dispatch.BackendSpec(
-        "torch", frozenset({"cuda", "cpu"}), "memlens.backends.torch_ref", _dispatch.always
-    ),
-)
+for _name, _devices, _module, _probe in (
+    ("cpu", {"cpu"}, "memlens.backends.cpu", _dispatch.compiled_cpu_reason),
+    ("cuda", {"cuda"}, "memlens.backends.cuda", _dispatch.compiled_cuda_reason),
+    ("triton", {"cuda", "cpu"}, "memlens.backends.triton", _dispatch.triton_reason),
+    ("torch", {"cuda", "cpu"}, "memlens.backends.torch_ref", _dispatch.always),
+):
+    _dispatch.register(OP, _dispatch.BackendSpec(_name, frozenset(_devices), _module, _probe))
 
 
 def _query_block(k: int, d: int, precision: str) -> int:
