@@ -31,9 +31,18 @@ def level(request):
 def _ref_args(q, r):
     """q: float32 (nq, d) contiguous; r: any 2-D view of float32 / float16 / uint16 (bf16 bits)."""
     es = r.itemsize
-    assert r.strides[0] % es == 0 and r.strides[1] % es == 0
-    return (q.ctypes.data, q.shape[0], q.shape[1], r.ctypes.data, r.shape[0], r.strides[0] // es,
-            r.strides[1] // es, DTYPE_CODE[r.dtype])
+    assert r.strides[0] % es == 0
+    assert r.strides[1] % es == 0
+    return (
+        q.ctypes.data,
+        q.shape[0],
+        q.shape[1],
+        r.ctypes.data,
+        r.shape[0],
+        r.strides[0] // es,
+        r.strides[1] // es,
+        DTYPE_CODE[r.dtype],
+    )
 
 
 def topk(q, r, k, level, normalize=True, threads=0):
@@ -47,16 +56,26 @@ def candidates(q, r, kc, level, precision, normalize=True, threads=0):
     s = np.empty((q.shape[0], kc), np.float32)
     i = np.empty((q.shape[0], kc), np.int64)
     e = np.empty(q.shape[0], np.float32)
-    _C.topk_candidates(*_ref_args(q, r), normalize, precision, kc, s.ctypes.data, i.ctypes.data,
-                       e.ctypes.data, threads, level)
+    _C.topk_candidates(
+        *_ref_args(q, r),
+        normalize,
+        precision,
+        kc,
+        s.ctypes.data,
+        i.ctypes.data,
+        e.ctypes.data,
+        threads,
+        level,
+    )
     return s, i, e
 
 
 def rerank(q, r, idx, level, normalize=True, threads=0):
     idx = np.ascontiguousarray(idx, dtype=np.int64)
     s = np.empty(idx.shape, np.float32)
-    _C.rerank_fp32(*_ref_args(q, r), normalize, idx.ctypes.data, idx.shape[1], s.ctypes.data,
-                   threads, level)
+    _C.rerank_fp32(
+        *_ref_args(q, r), normalize, idx.ctypes.data, idx.shape[1], s.ctypes.data, threads, level
+    )
     return s
 
 
@@ -91,7 +110,9 @@ def check_topk(q, r, k, level, normalize=True, threads=0):
     s, i = topk(q, r, k, level, normalize, threads)
     ex = exact_scores(q, r, normalize)
     nr = r.shape[0]
-    tol = fp32_tol(q, q.shape[1]) * (1 if normalize else np.abs(as_f64(r)).max() * np.sqrt(q.shape[1]) + 1)
+    tol = fp32_tol(q, q.shape[1]) * (
+        1 if normalize else np.abs(as_f64(r)).max() * np.sqrt(q.shape[1]) + 1
+    )
     assert ((i >= 0) & (i < nr)).all()
     assert all(len(set(row)) == k for row in i), "duplicate indices in a top-k row"
     assert (np.diff(s, axis=1) <= 0).all(), "scores not sorted descending"
@@ -137,7 +158,7 @@ SHAPES = [  # nq, nr, d, k
 ]
 
 
-@pytest.mark.parametrize("nq,nr,d,k", SHAPES, ids=[f"{s}" for s in SHAPES])
+@pytest.mark.parametrize(("nq", "nr", "d", "k"), SHAPES, ids=[f"{s}" for s in SHAPES])
 def test_topk_shapes(level, nq, nr, d, k):
     rng = np.random.default_rng(nq * 7 + d)
     check_topk(unit(rng, nq, d), rng.standard_normal((nr, d)).astype(np.float32), k, level)
@@ -194,14 +215,14 @@ def test_topk_zero_rows_normalized(level):
     r = rng.standard_normal((64, 10)).astype(np.float32)
     r[::3] = 0
     q = unit(rng, 4, 10)
-    s, i = check_topk(q, r, 64, level)
+    s, _i = check_topk(q, r, 64, level)
     assert np.isfinite(s).all()
 
 
 def test_topk_rejects_bad_k():
     q, r = np.ones((1, 4), np.float32), np.ones((3, 4), np.float32)
     for k in (0, 4):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"k must be in \[1, refs.rows\]"):
             topk(q, r, k, 0)
 
 
@@ -214,7 +235,8 @@ def check_bound(q, r, level, precision, normalize=True, kc=None):
     kc = nr if kc is None else kc
     s, i, e = candidates(q, r, kc, level, precision, normalize)
     ex = np.take_along_axis(exact_scores(q, r, normalize), i, 1)
-    assert np.isfinite(e).all() and (e >= 0).all()
+    assert np.isfinite(e).all()
+    assert (e >= 0).all()
     viol = np.abs(s.astype(np.float64) - ex) - e[:, None]
     assert viol.max() <= 0, f"error bound violated by {viol.max():.3e}"
     assert (np.diff(s, axis=1) <= 0).all()
@@ -226,7 +248,7 @@ def check_bound(q, r, level, precision, normalize=True, kc=None):
 
 
 @pytest.mark.parametrize("precision", [BF16, INT8], ids=["bf16", "int8"])
-@pytest.mark.parametrize("nq,nr,d", [(1, 1, 1), (7, 300, 129), (20, 500, 64), (3, 40, 3)])
+@pytest.mark.parametrize(("nq", "nr", "d"), [(1, 1, 1), (7, 300, 129), (20, 500, 64), (3, 40, 3)])
 def test_candidate_bound_random(level, precision, nq, nr, d):
     rng = np.random.default_rng(nq + nr + d)
     q, r = unit(rng, nq, d), rng.standard_normal((nr, d)).astype(np.float32)
@@ -301,14 +323,30 @@ def test_candidates_match_a_numpy_int8_model(level):
 
 def test_candidates_reject_bad_arguments():
     q, r = np.ones((1, 4), np.float32), np.ones((3, 4), np.float32)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"kc must be in \[1, refs.rows\]"):
         candidates(q, r, 0, 0, BF16)
-    with pytest.raises(ValueError):
-        s = np.empty(1, np.float32)
-        i = np.empty(1, np.int64)
+    s = np.empty(1, np.float32)
+    i = np.empty(1, np.int64)
+    with pytest.raises(ValueError, match="int8 candidates support d <= 131072"):
         # d beyond the exact-int32 limit is refused before any data is read.
-        _C.topk_candidates(q.ctypes.data, 1, 131073, r.ctypes.data, 1, 131073, 1, 0, True, INT8, 1,
-                           s.ctypes.data, i.ctypes.data, s.ctypes.data, 0, 0)
+        _C.topk_candidates(
+            q.ctypes.data,
+            1,
+            131073,
+            r.ctypes.data,
+            1,
+            131073,
+            1,
+            0,
+            True,
+            INT8,
+            1,
+            s.ctypes.data,
+            i.ctypes.data,
+            s.ctypes.data,
+            0,
+            0,
+        )
 
 
 # ---------------------------------------------------------------- rerank
@@ -330,5 +368,5 @@ def test_rerank(level):
             scale = 1 if normalize else np.linalg.norm(as_f64(r), axis=1).max()
             np.testing.assert_allclose(s, ex, rtol=0, atol=float(fp32_tol(q, 129).max() * scale))
             assert (s[:, 0] == s[:, 1]).all()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rerank index out of range"):
         rerank(q, big, np.full((9, 1), 400), level)

@@ -265,6 +265,7 @@ def test_retries_until_certified(monkeypatch: pytest.MonkeyPatch, precision: str
     from memlens.ops import _certify
 
     monkeypatch.setattr(_certify, "_first_margin", lambda *a: 1)  # far too few candidates
+    monkeypatch.setattr(_certify, "max_candidates", lambda k, n: 10**6)
     calls = _count_candidate_passes(monkeypatch)
     q = unit_rows(20, 64, 23)
     r = unit_rows(6000, 64, 24)
@@ -279,6 +280,7 @@ def test_pilot_sizes_the_margin(monkeypatch: pytest.MonkeyPatch, precision: str)
     from memlens.ops import _certify
 
     monkeypatch.setattr(_certify, "PILOT_ROWS", 500)
+    monkeypatch.setattr(_certify, "max_candidates", lambda k, n: 10**6)
     calls = _count_candidate_passes(monkeypatch)
     q = unit_rows(40, 128, 25)
     r = unit_rows(20000, 128, 26)
@@ -299,3 +301,18 @@ def test_hopeless_margin_falls_back_to_fp32(monkeypatch: pytest.MonkeyPatch) -> 
     s, i = memlens.cosine_topk(q, r, 20, precision="int8", backend="cpu")
     assert calls == []
     assert_exact_topk(s, i, q, r, 20)
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="CPU core not built")
+def test_candidate_lists_are_bounded_by_the_workspace(monkeypatch: pytest.MonkeyPatch) -> None:
+    from memlens.ops import _certify
+
+    monkeypatch.setenv("MEMLENS_WORKSPACE_MB", "16")
+    monkeypatch.setattr(_certify, "_first_margin", lambda *a: 200)
+    monkeypatch.setattr(_certify, "max_candidates", lambda k, n: 10**6)
+    calls = _count_candidate_passes(monkeypatch)
+    q = unit_rows(2000, 16, 29)
+    r = unit_rows(5000, 16, 30)
+    s, i = memlens.cosine_topk(q, r, 300, precision="bf16", backend="cpu")
+    assert calls[:2] == [501, 501], "2000 queries x 501 candidates must be split in two passes"
+    assert_exact_topk(s[::50], i[::50], q[::50], r, 300)

@@ -24,6 +24,7 @@ from types import ModuleType
 import torch
 
 from memlens._arrays import Matrix
+from memlens._config import workspace_bytes
 from memlens.reference.topk import sort_topk
 
 FIRST_MARGIN = 32
@@ -34,18 +35,20 @@ PILOT_QUERIES = 256
 RERANK_QUERIES = 1024
 MIN_GROWTH = 2
 SAFETY = 1.5
+MAX_CANDIDATES = 8192
 
 
-def max_candidates(k: int) -> int:
-    """Largest kc worth a reduced-precision pass.
+def max_candidates(k: int, n_refs: int) -> int:
+    """Largest kc worth a reduced-precision pass over ``n_refs`` references.
 
-    Candidate selection, re-rank and sort cost about 0.4 µs per candidate per query on the CPU
-    (measured: d = 512, 2 cores), so a few thousand candidates per query cost as much as the
-    cheaper arithmetic saves; past this cap the fp32 kernel answers instead. It is reached
-    when very many references score within the quantization error of the k-th neighbour,
-    e.g. int8 on unstructured high-dimensional data at k >= 100.
+    The cheaper arithmetic saves time in proportion to n_refs (about 2 ns per reference and
+    query for bf16 or int8 against fp32 on the CPU, d = 512), while candidate selection,
+    re-rank and sort cost about 0.4 µs per candidate and query: past kc ≈ n_refs / 200 the
+    fp32 kernel is faster and answers instead. This happens when many references score
+    within the quantization error of the k-th neighbour, e.g. int8 on unstructured
+    high-dimensional data at large k. MAX_CANDIDATES bounds the candidate lists' memory.
     """
-    return max(2 * k, k + 512)
+    return min(MAX_CANDIDATES, max(k + 64, n_refs // 200))
 
 
 def rerank_slack(d: int, q: torch.Tensor, max_ref_norm: float) -> torch.Tensor:
@@ -71,46 +74,53 @@ def certified_topk(
     margin = _first_margin(impl, q, refs, k, normalize, precision, max_ref_norm)
     while pending.numel():
         kc = k + margin
-        qp = q[pending]
-        if kc + 1 > refs.rows or kc > max_candidates(k):
-            s, i = impl.exact(qp, refs, k, normalize)
-            scores[pending], indices[pending] = s, i
+        if kc + 1 > refs.rows or kc > max_candidates(k, refs.rows):
+            scores[pending], indices[pending] = impl.exact(q[pending], refs, k, normalize)
             break
-        approx, cand, err = impl.candidates(qp, refs, kc + 1, normalize, precision)
-        s, i, needed = _rerank(impl, qp, refs, approx, cand, err, k, normalize, max_ref_norm)
-        ok = approx[:, kc] < needed
-        scores[pending[ok]], indices[pending[ok]] = s[ok], i[ok]
-        if not bool(ok.all()):
-            margin = _next_margin(approx[~ok], needed[~ok], k, kc, margin)
-        pending = pending[~ok]
+        # each group of queries is one pass; its candidate lists take at most half the workspace
+        group = max(1, workspace_bytes() // 2 // ((kc + 1) * 12))
+        still, failed_approx, failed_needed = [], [], []
+        for a in range(0, pending.numel(), group):
+            sel = pending[a : a + group]
+            s, i, approx, needed = _certified_pass(
+                impl, q[sel], refs, k, kc, normalize, precision, max_ref_norm
+            )
+            ok = approx[:, kc] < needed
+            scores[sel[ok]], indices[sel[ok]] = s[ok], i[ok]
+            still.append(sel[~ok])
+            failed_approx.append(approx[~ok])
+            failed_needed.append(needed[~ok])
+        pending = torch.cat(still)
+        if pending.numel():
+            margin = _next_margin(torch.cat(failed_approx), torch.cat(failed_needed), k, kc, margin)
     return scores, indices
 
 
-def _rerank(
+def _certified_pass(
     impl: ModuleType,
     q: torch.Tensor,
     refs: Matrix,
-    approx: torch.Tensor,
-    cand: torch.Tensor,
-    err: torch.Tensor,
     k: int,
+    kc: int,
     normalize: bool,
+    precision: str,
     max_ref_norm: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact top-k among the first kc candidates, and the approximate score an excluded
-    reference would need to displace it (blocks of queries bound the temporaries)."""
-    kc = cand.shape[1] - 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One candidate pass: the exact top-k among the kc best candidates, the kc + 1
+    approximate scores, and the approximate score an excluded reference would need to
+    displace the k-th (so the query is certified iff approx[:, kc] < needed)."""
+    approx, cand, err = impl.candidates(q, refs, kc + 1, normalize, precision)
     nq = q.shape[0]
     s = torch.empty((nq, k), dtype=torch.float32, device=q.device)
     i = torch.empty((nq, k), dtype=torch.int64, device=q.device)
-    for a in range(0, nq, RERANK_QUERIES):
+    for a in range(0, nq, RERANK_QUERIES):  # blocks of queries bound the temporaries
         b = min(nq, a + RERANK_QUERIES)
         exact = impl.rerank(q[a:b], refs, cand[a:b, :kc], normalize)
         s[a:b], i[a:b] = sort_topk(exact, cand[a:b, :kc], k)
     # an excluded reference could score up to approx[:, kc] + err, and the re-rank is off by
     # at most slack: the k-th exact score must beat both
     needed = s[:, k - 1] - err - rerank_slack(q.shape[1], q, max_ref_norm)
-    return s, i, needed
+    return s, i, approx, needed
 
 
 def _first_margin(
