@@ -245,6 +245,13 @@ def test_merge_errors() -> None:
 # ------------------------------------------------------ certification of reduced precision
 
 
+def _skip_unless_native(precision: str) -> None:
+    from memlens.backends import cpu
+
+    if not cpu.native_precision(precision):
+        pytest.skip(f"{precision} is answered in fp32 at this CPU's SIMD level")
+
+
 def _count_candidate_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     from memlens.backends import cpu
 
@@ -264,6 +271,7 @@ def _count_candidate_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_retries_until_certified(monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
     from memlens.ops import _certify
 
+    _skip_unless_native(precision)
     monkeypatch.setattr(_certify, "_first_margin", lambda *a: 1)  # far too few candidates
     monkeypatch.setattr(_certify, "max_candidates", lambda k, n: 10**6)
     calls = _count_candidate_passes(monkeypatch)
@@ -279,6 +287,7 @@ def test_retries_until_certified(monkeypatch: pytest.MonkeyPatch, precision: str
 def test_pilot_sizes_the_margin(monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
     from memlens.ops import _certify
 
+    _skip_unless_native(precision)
     monkeypatch.setattr(_certify, "PILOT_ROWS", 500)
     monkeypatch.setattr(_certify, "max_candidates", lambda k, n: 10**6)
     calls = _count_candidate_passes(monkeypatch)
@@ -307,12 +316,30 @@ def test_hopeless_margin_falls_back_to_fp32(monkeypatch: pytest.MonkeyPatch) -> 
 def test_candidate_lists_are_bounded_by_the_workspace(monkeypatch: pytest.MonkeyPatch) -> None:
     from memlens.ops import _certify
 
+    _skip_unless_native("int8")
     monkeypatch.setenv("MEMLENS_WORKSPACE_MB", "16")
     monkeypatch.setattr(_certify, "_first_margin", lambda *a: 200)
     monkeypatch.setattr(_certify, "max_candidates", lambda k, n: 10**6)
     calls = _count_candidate_passes(monkeypatch)
     q = unit_rows(2000, 16, 29)
     r = unit_rows(5000, 16, 30)
-    s, i = memlens.cosine_topk(q, r, 300, precision="bf16", backend="cpu")
+    s, i = memlens.cosine_topk(q, r, 300, precision="int8", backend="cpu")
     assert calls[:2] == [501, 501], "2000 queries x 501 candidates must be split in two passes"
     assert_exact_topk(s[::50], i[::50], q[::50], r, 300)
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="CPU core not built")
+def test_bf16_without_native_support_runs_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMLENS_SIMD", "avx512" if "avx512" in _levels() else "scalar")
+    calls = _count_candidate_passes(monkeypatch)
+    q = unit_rows(4, 32, 31)
+    r = unit_rows(500, 32, 32)
+    s, i = memlens.cosine_topk(q, r, 5, precision="bf16", backend="cpu")
+    assert calls == []
+    assert_exact_topk(s, i, q, r, 5)
+
+
+def _levels() -> list[str]:
+    from memlens.backends.cpu import supported_simd
+
+    return supported_simd()

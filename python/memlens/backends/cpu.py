@@ -37,6 +37,18 @@ def resolve_simd() -> int:
     return level
 
 
+def native_precision(precision: str) -> bool:
+    """Whether this CPU computes ``precision`` faster than fp32 (else the caller runs fp32).
+
+    bf16 needs AVX512_BF16 (below it, bf16 values would be widened to fp32: no faster, and
+    the certificate would only add work); int8 needs at least AVX2's vpmaddwd.
+    """
+    level = resolve_simd()
+    if precision == "bf16":
+        return level >= SIMD_NAMES.index("avx512_bf16")
+    return precision == "int8" and level >= SIMD_NAMES.index("avx2")
+
+
 def _state_bytes() -> int:
     """The kernel's selection state gets 3/4 of the workspace; its outputs the rest."""
     return workspace_bytes() * 3 // 4

@@ -12,7 +12,7 @@ from memlens import _cuda
 from memlens._arrays import Matrix
 from memlens.backends._rerank import rerank
 
-__all__ = ["candidates", "exact", "rerank"]
+__all__ = ["candidates", "exact", "native_precision", "rerank"]
 _PRECISION_CODES = {"fp32": 0, "bf16": 1, "int8": 2}
 
 
@@ -54,3 +54,8 @@ def candidates(
             approx.data_ptr(), idx.data_ptr(), err.data_ptr(), ws.data_ptr(), ws.numel(), stream,
         )  # fmt: skip
     return approx, idx, err
+
+
+def native_precision(precision: str) -> bool:
+    """bf16 and int8 run on tensor cores (or their emulation under the interpreter)."""
+    return precision in ("bf16", "int8")
