@@ -296,6 +296,38 @@ void put_ref_codes(const int8_t* codes, int j, int64_t d, T* b) {
   for (int64_t p = 0; p < d; ++p) b[(p / KG * NR + j) * KG + p % KG] = static_cast<T>(codes[p]);
 }
 
+// Packing layouts shared by kernels of several ISAs; a kernel adds its compute().
+// fp32 values, MR x NR tile: micro-panels [d][MR], groups [d][NR].
+template <int MR_, int NR_>
+struct F32Layout {
+  static constexpr int MR = MR_, NR = NR_, KG = 1;
+  static int64_t a_bytes(int64_t d) { return d * MR * 4; }
+  static int64_t b_bytes(int64_t d) { return d * NR * 4; }
+  static void pack_a(const ScanTask& t, int64_t q0, int64_t m, void* dst) {
+    pack_a_f32<MR>(t, q0, m, static_cast<float*>(dst));
+  }
+  static void put_ref(const ScanTask& t, const RowQuant& rq, int j, int64_t d, void* dst) {
+    put_ref_f32<NR>(t, rq, j, d, static_cast<float*>(dst));
+  }
+};
+
+// int8 codes widened to int16 pairs for vpmaddwd: micro-panels [d/2][MR][2], groups
+// [d/2][NR][2] followed by the NR reference scales.
+template <int MR_, int NR_>
+struct I16PairLayout {
+  static constexpr int MR = MR_, NR = NR_, KG = 2;
+  static int64_t scale_offset(int64_t d) { return (d + 1) / 2 * NR * 4; }
+  static int64_t a_bytes(int64_t d) { return (d + 1) / 2 * MR * 4; }
+  static int64_t b_bytes(int64_t d) { return scale_offset(d) + NR * 4; }
+  static void pack_a(const ScanTask& t, int64_t q0, int64_t m, void* dst) {
+    pack_a_codes<MR, 2>(t, q0, m, static_cast<int16_t*>(dst), [](int32_t c) { return static_cast<int16_t>(c); });
+  }
+  static void put_ref(const ScanTask&, const RowQuant& rq, int j, int64_t d, void* dst) {
+    put_ref_codes<NR, 2>(rq.codes, j, d, static_cast<int16_t*>(dst));
+    reinterpret_cast<float*>(static_cast<char*>(dst) + scale_offset(d))[j] = rq.scale;
+  }
+};
+
 // fp32 dot product with L independent lane sums (vectorizable without reassociation),
 // combined pairwise: the rounding depth is d / L + log2(L).
 inline float dot_f32(const float* x, const float* y, int64_t d) {

@@ -27,16 +27,7 @@ inline uint32_t lanes(int n) { return n >= 16 ? 0xffffu : (1u << n) - 1; }
 
 // fp32: 12 ymm accumulators (two FMA pipes x 4-6 cycles latency need >= 8-12 in flight),
 // two reference vectors and one broadcast per step.
-struct F32 {
-  static constexpr int MR = 6, NR = 16, KG = 1;
-  static int64_t a_bytes(int64_t d) { return d * MR * 4; }
-  static int64_t b_bytes(int64_t d) { return d * NR * 4; }
-  static void pack_a(const ScanTask& t, int64_t q0, int64_t m, void* dst) {
-    pack_a_f32<MR>(t, q0, m, static_cast<float*>(dst));
-  }
-  static void put_ref(const ScanTask& t, const RowQuant& rq, int j, int64_t d, void* dst) {
-    put_ref_f32<NR>(t, rq, j, d, static_cast<float*>(dst));
-  }
+struct F32 : F32Layout<6, 16> {
   static void compute(const void* ap, const void* bp, ScanTask& t, int64_t q0, int m, int64_t r0, int n) {
     const float* a = static_cast<const float*>(ap);
     const float* b = static_cast<const float*>(bp);
@@ -62,18 +53,7 @@ struct F32 {
 
 // int8: int16 code pairs, vpmaddwd (exact, no saturation) + vpaddd into int32; dequantized as
 // (sum * s_ref) * s_query. A group holds [d/2][16][2] int16 codes, then 16 scales.
-struct I8 {
-  static constexpr int MR = 4, NR = 16, KG = 2;
-  static int64_t scale_offset(int64_t d) { return (d + 1) / 2 * NR * 4; }
-  static int64_t a_bytes(int64_t d) { return (d + 1) / 2 * MR * 4; }
-  static int64_t b_bytes(int64_t d) { return scale_offset(d) + NR * 4; }
-  static void pack_a(const ScanTask& t, int64_t q0, int64_t m, void* dst) {
-    pack_a_codes<MR, 2>(t, q0, m, static_cast<int16_t*>(dst), [](int32_t c) { return static_cast<int16_t>(c); });
-  }
-  static void put_ref(const ScanTask&, const RowQuant& rq, int j, int64_t d, void* dst) {
-    put_ref_codes<NR, 2>(rq.codes, j, d, static_cast<int16_t*>(dst));
-    reinterpret_cast<float*>(static_cast<char*>(dst) + scale_offset(d))[j] = rq.scale;
-  }
+struct I8 : I16PairLayout<4, 16> {
   static void compute(const void* ap, const void* bp, ScanTask& t, int64_t q0, int m, int64_t r0, int n) {
     const int64_t d = t.refs->cols;
     const int32_t* a = static_cast<const int32_t*>(ap);

@@ -9,16 +9,7 @@ namespace {
 
 // fp32: 28 zmm accumulators; per step two reference vectors and 14 query broadcasts feed
 // 28 FMAs, well within two loads per cycle.
-struct F32 {
-  static constexpr int MR = 14, NR = 32, KG = 1;
-  static int64_t a_bytes(int64_t d) { return d * MR * 4; }
-  static int64_t b_bytes(int64_t d) { return d * NR * 4; }
-  static void pack_a(const ScanTask& t, int64_t q0, int64_t m, void* dst) {
-    pack_a_f32<MR>(t, q0, m, static_cast<float*>(dst));
-  }
-  static void put_ref(const ScanTask& t, const RowQuant& rq, int j, int64_t d, void* dst) {
-    put_ref_f32<NR>(t, rq, j, d, static_cast<float*>(dst));
-  }
+struct F32 : F32Layout<14, 32> {
   static void compute(const void* ap, const void* bp, ScanTask& t, int64_t q0, int m, int64_t r0, int n) {
     const float* a = static_cast<const float*>(ap);
     const float* b = static_cast<const float*>(bp);
@@ -52,18 +43,7 @@ inline void madd_acc(__m512i& c, __m512i a, __m512i b) {
 // int8 without VNNI: codes widened to int16 pairs, vpmaddwd (exact: |a*b + c*d| <= 2 * 127^2,
 // unlike vpmaddubsw, which saturates) and vpaddd into 24 int32 accumulators; dequantized
 // as (sum * s_ref) * s_query. A group holds [d/2][32][2] int16 codes, then 32 scales.
-struct I8 {
-  static constexpr int MR = 12, NR = 32, KG = 2;
-  static int64_t scale_offset(int64_t d) { return (d + 1) / 2 * NR * 4; }
-  static int64_t a_bytes(int64_t d) { return (d + 1) / 2 * MR * 4; }
-  static int64_t b_bytes(int64_t d) { return scale_offset(d) + NR * 4; }
-  static void pack_a(const ScanTask& t, int64_t q0, int64_t m, void* dst) {
-    pack_a_codes<MR, 2>(t, q0, m, static_cast<int16_t*>(dst), [](int32_t c) { return static_cast<int16_t>(c); });
-  }
-  static void put_ref(const ScanTask&, const RowQuant& rq, int j, int64_t d, void* dst) {
-    put_ref_codes<NR, 2>(rq.codes, j, d, static_cast<int16_t*>(dst));
-    reinterpret_cast<float*>(static_cast<char*>(dst) + scale_offset(d))[j] = rq.scale;
-  }
+struct I8 : I16PairLayout<12, 32> {
   static void compute(const void* ap, const void* bp, ScanTask& t, int64_t q0, int m, int64_t r0, int n) {
     const int64_t d = t.refs->cols;
     const int32_t* a = static_cast<const int32_t*>(ap);

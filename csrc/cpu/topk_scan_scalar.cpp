@@ -6,16 +6,7 @@ namespace memlens::cpu {
 namespace {
 
 // fp32 (and bf16, whose values are rounded during packing): 4 queries x 8 references.
-struct ScalarF32 {
-  static constexpr int MR = 4, NR = 8, KG = 1;
-  static int64_t a_bytes(int64_t d) { return d * MR * 4; }
-  static int64_t b_bytes(int64_t d) { return d * NR * 4; }
-  static void pack_a(const ScanTask& t, int64_t q0, int64_t m, void* dst) {
-    pack_a_f32<MR>(t, q0, m, static_cast<float*>(dst));
-  }
-  static void put_ref(const ScanTask& t, const RowQuant& rq, int j, int64_t d, void* dst) {
-    put_ref_f32<NR>(t, rq, j, d, static_cast<float*>(dst));
-  }
+struct ScalarF32 : F32Layout<4, 8> {
   static void compute(const void* ap, const void* bp, ScanTask& t, int64_t q0, int m, int64_t r0, int n) {
     const float* a = static_cast<const float*>(ap);
     const float* b = static_cast<const float*>(bp);
