@@ -50,8 +50,9 @@ def native_precision(precision: str) -> bool:
 
 
 def _state_bytes() -> int:
-    """The kernel's selection state gets 3/4 of the workspace; its outputs the rest."""
-    return workspace_bytes() * 3 // 4
+    """The kernel's selection state gets half the workspace; candidate lists the other half
+    (ops._certify sizes its query groups for that)."""
+    return workspace_bytes() // 2
 
 
 def exact(
