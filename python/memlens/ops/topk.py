@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -27,13 +26,13 @@ for _name, _devices, _module, _probe in (
     _dispatch.register(OP, _dispatch.BackendSpec(_name, frozenset(_devices), _module, _probe))
 
 
-def _query_block(k: int, d: int, precision: str) -> int:
-    """Queries per kernel call, so per-call state (heaps, candidates, copies) fits the workspace.
-
-    Larger blocks mean fewer passes over the references (which may be a file on disk).
+def _query_block(k: int, d: int) -> int:
+    """Queries per kernel call, so what this loop holds per block (the normalized query copy
+    and the block's results) fits the workspace. The kernels bound their own selection state
+    and ops._certify its candidate lists, so larger blocks only mean fewer passes over the
+    references (which may be a file on disk).
     """
-    kc = k if precision == "fp32" else 2 * k + 64
-    per_query = kc * 12 * max(1, os.cpu_count() or 1) + d * 16
+    per_query = k * 12 + d * 16
     return int(min(1 << 16, max(64, workspace_bytes() // per_query)))
 
 
@@ -117,7 +116,7 @@ def cosine_topk(
         empty_i = torch.empty((0, k), dtype=torch.int64, device=out_device)
         return _out(empty_s, q.is_numpy), _out(empty_i, q.is_numpy)
 
-    step = _query_block(k, q.cols, precision)
+    step = _query_block(k, q.cols)
     scores, indices = [], []
     for start in range(0, q.rows, step):
         block = normalized_queries(q.block(start, min(q.rows, start + step)), normalize)
