@@ -130,7 +130,9 @@ def test_index_level_scores_equal_brute_force(seed: int, precision: str) -> None
 def test_full_pass_fallback_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(content, "_K_CAP", 2)  # force the streaming fallback
     rng = np.random.default_rng(5)
-    items = [rng.standard_normal((int(rng.integers(1, 6)), 8)).astype(np.float32) for _ in range(40)]
+    items = [
+        rng.standard_normal((int(rng.integers(1, 6)), 8)).astype(np.float32) for _ in range(40)
+    ]
     gens = [rng.standard_normal((5, 8)).astype(np.float32) for _ in range(4)]
     got = content_scores(FakeIndex(items, shard_rows=9), gens, k_start=1)
     for g, m in zip(gens, got, strict=True):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from memlens._dispatch import BackendUnavailableError
+from memlens.errors import ModelUnavailableError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,9 +30,71 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}")
+    return value
+
+
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1]; got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1]; got {text!r}")
+    return value
+
+
+def _sampling(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--frames", type=_positive, help=f"sample N frames uniformly per {what}")
+    g.add_argument("--fps", type=_positive_float, help=f"sample {what}s at F frames per second")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="memlens", description="Measure memorization in diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
+
+    index = sub.add_parser("index", help="build a reference index of training videos/images")
+    isub = index.add_subparsers(dest="action", required=True)
+    build = isub.add_parser("build", help="embed training frames into an on-disk index")
+    build.add_argument("sources", nargs="+", metavar="SRC", help="videos, images or directories")
+    build.add_argument("--out", required=True, metavar="IDX", help="index directory")
+    build.add_argument("--embedder", default="default",
+                       help="sscd | sscd_distilled | builtin | onnx:PATH | torchscript:PATH "
+                            "(default: sscd when installed, else builtin)")  # fmt: skip
+    _sampling(build, "training video (default --frames 16)")
+    build.add_argument("--resume", action="store_true", help="continue an interrupted build")
+    build.add_argument("--shard-rows", type=_positive, default=65536, help="rows per shard")
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    scan = sub.add_parser("scan", help="score generated videos/images against an index")
+    scan.add_argument("sources", nargs="+", metavar="GEN", help="videos, images or directories")
+    scan.add_argument("--index", required=True, metavar="IDX", help="index directory")
+    scan.add_argument("--out", required=True, metavar="RUN", help="run directory")
+    _sampling(scan, "generated video (default: every frame, up to --max-frames)")
+    scan.add_argument("--max-frames", type=_positive, default=256, help="frame cap per video")
+    scan.add_argument("--tau", type=_unit_interval, help="decision threshold (default 0.5)")
+    scan.add_argument("--strict", action="store_true", help="the strict threshold, τ = 0.7")
+    scan.add_argument("--agg", choices=("max", "mean"), default="max",
+                      help="GSSCD aggregation used for the decision")  # fmt: skip
+    scan.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                      help="search precision (results are exact either way)")  # fmt: skip
+    scan.add_argument("--resume", action="store_true", help="continue an interrupted scan")
+    scan.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    compare = sub.add_parser("compare", help="content similarity of one pair A (generated), B")
+    compare.add_argument("a", metavar="A", help="generated video or image")
+    compare.add_argument("b", metavar="B", help="training video or image")
+    compare.add_argument("--embedder", default="default", help="as for index build")
+    compare.add_argument("--max-frames", type=_positive, default=256, help="frame cap per video")
+    compare.add_argument("--json", action="store_true", help="print JSON")
+
     bench = sub.add_parser("bench", help="microbenchmarks against the best baselines, same run")
     bsub = bench.add_subparsers(dest="family", required=True)
     search = bsub.add_parser("search", help="exact cosine top-k vs faiss, numpy and torch")
@@ -42,17 +107,92 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _index_build(args: argparse.Namespace) -> int:
+    from memlens.engine.build import build_index
+
+    s = build_index(args.sources, args.out, embedder=args.embedder, frames=args.frames,
+                    fps=args.fps, resume=args.resume, shard_rows=args.shard_rows,
+                    progress=not args.quiet)  # fmt: skip
+    split = ", ".join(f"{k} {v:.1f} s" for k, v in s.seconds.items())
+    print(f"index {args.out}: {s.items} items ({s.added} added, {s.skipped} already there), "
+          f"{s.frames} frames embedded, {len(s.errors)} errors, "
+          f"{s.frames_per_second:.1f} frames/s ({split})")  # fmt: skip
+    for e in s.errors:
+        print(f"  error: {e['item']}: {e['error']}")
+    return 0
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from memlens.engine.scan import ScanSettings, scan
+    from memlens.metrics.content import TAU_DEFAULT, TAU_STRICT
+    from memlens.report.html import render
+
+    if args.strict and args.tau is not None:
+        raise ValueError("give either --tau or --strict, not both")
+    tau = TAU_STRICT if args.strict else (TAU_DEFAULT if args.tau is None else args.tau)
+    settings = ScanSettings(tau=tau, agg=args.agg, frames=args.frames, fps=args.fps,
+                            max_frames=args.max_frames, precision=args.precision)  # fmt: skip
+    s = scan(args.sources, args.index, args.out, settings=settings, resume=args.resume,
+             progress=not args.quiet, command=" ".join(["memlens", *sys.argv[1:]]))  # fmt: skip
+    report = render(args.out)
+    split = ", ".join(f"{k} {v:.1f} s" for k, v in s.seconds.items())
+    print(f"scan {args.out}: {s.items} inputs ({s.scored} scored, {s.skipped} already done, "
+          f"{s.errors} errors), {s.memorized} content-memorized at τ = {tau:g}; "
+          f"{s.frames_per_second:.1f} frames/s ({split}); report {report}")  # fmt: skip
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from memlens.embed import get_embedder
+    from memlens.metrics.content import gsscd, vsscd
+    from memlens.video import read_media
+
+    emb = get_embedder(args.embedder)
+    clips = [read_media(p, max_frames=args.max_frames) for p in (args.a, args.b)]
+    a, b = (emb.embed(c.frames) for c in clips)
+    result: dict[str, Any] = {
+        "content": {
+            "gsscd_max": gsscd(a, b, agg="max"),
+            "gsscd_mean": gsscd(a, b, agg="mean"),
+            "vsscd": vsscd(a, b),
+        },
+        "embedder": emb.spec.name,
+        "frames": {"a": len(a), "b": len(b)},
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        c = result["content"]
+        print(f"content: gsscd_max {c['gsscd_max']:.4f}  gsscd_mean {c['gsscd_mean']:.4f}  "
+              f"vsscd {c['vsscd']:.4f}  ({emb.spec.name}; {len(a)} vs {len(b)} frames)")  # fmt: skip
+    return 0
+
+
+def _quiet_decoders() -> None:
+    """Decode failures become error rows with their own message; keep OpenCV's and FFmpeg's
+    console chatter about them out of the output (set before cv2 is first imported)."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _quiet_decoders()
     try:
+        if args.command == "index":
+            return _index_build(args)
+        if args.command == "scan":
+            return _scan(args)
+        if args.command == "compare":
+            return _compare(args)
         if args.command == "bench" and args.family == "search":
             from memlens.bench import search
 
             sizes = {"d": args.d, "nq": args.nq, "nr": args.nr, "k": args.k}
             search.run(smoke=args.smoke, json_path=args.json, overrides=sizes)
             return 0
-    except (ValueError, TypeError, OSError, BackendUnavailableError) as e:
-        print(f"memlens: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, ModelUnavailableError, BackendUnavailableError) as e:
+        print("memlens: error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("memlens: interrupted", file=sys.stderr)

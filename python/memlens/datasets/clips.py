@@ -14,13 +14,14 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from numbers import Integral, Real
+from numbers import Real
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from memlens.errors import MediaError
+from memlens.video.sampling import positive_int
 
 # A window narrower than this many photo pixels is a smear, not a view of the photo.
 _MIN_WINDOW = 8.0
@@ -44,7 +45,7 @@ def pan_clip(
     that keep the pan inside the photo. Returns (frames, H, W, 3) uint8.
     """
     photo = _check_image(image)
-    t = _positive_int("frames", frames)
+    t = positive_int("frames", frames)
     width, height = _check_size(size)
     dx, dy = _finite_pair("direction", direction)
     photo_h, photo_w = photo.shape[:2]
@@ -84,7 +85,7 @@ def zoom_clip(
     (frames, H, W, 3) uint8.
     """
     photo = _check_image(image)
-    t = _positive_int("frames", frames)
+    t = positive_int("frames", frames)
     width, height = _check_size(size)
     zoom = _positive_float("zoom_per_frame", zoom_per_frame)
     cx, cy = _finite_pair("center", center)
@@ -189,7 +190,7 @@ def write_image(
     ext = target.suffix.lower()
     params: list[int] = []
     if quality is not None:
-        q = _positive_int("quality", quality)
+        q = positive_int("quality", quality)
         if ext in (".jpg", ".jpeg"):
             params = [cv2.IMWRITE_JPEG_QUALITY, min(q, 100)]
         elif ext == ".webp":
@@ -300,7 +301,7 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 def _check_size(size: Sequence[int]) -> tuple[int, int]:
     if isinstance(size, str) or not isinstance(size, Sequence) or len(size) != 2:
         raise ValueError(f"size must be a (width, height) pair; got {size!r}")
-    return _positive_int("size width", size[0]), _positive_int("size height", size[1])
+    return positive_int("size width", size[0]), positive_int("size height", size[1])
 
 
 def _finite_pair(name: str, value: Sequence[float]) -> tuple[float, float]:
@@ -310,14 +311,6 @@ def _finite_pair(name: str, value: Sequence[float]) -> tuple[float, float]:
     if not (math.isfinite(a) and math.isfinite(b)):
         raise ValueError(f"{name} must be finite; got {value!r}")
     return a, b
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be a positive int; got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1; got {value}")
-    return int(value)
 
 
 def _positive_float(name: str, value: object) -> float:

@@ -37,7 +37,9 @@ def _load(name: str) -> np.ndarray:
     try:
         import skimage.data
     except ImportError as e:  # pragma: no cover - exercised only without the dev extra
-        raise ImportError("the bundled photographs need scikit-image: pip install scikit-image") from e
+        raise ImportError(
+            "the bundled photographs need scikit-image: pip install scikit-image"
+        ) from e
     image = getattr(skimage.data, name)()
     if name == "stereo_motorcycle":  # (left, right, disparity): the left view only
         image = image[0]

@@ -148,15 +148,23 @@ def content_scores(
         retry = []
         for n, v in enumerate(pending):
             sl = slice(starts[n], starts[n + 1])
-            match = _from_hits(index, frames[v], hits.scores[sl], hits.rows[sl],
-                               hits.item_numbers[sl], exhaustive=k >= index.num_rows)
+            match = _from_hits(
+                index,
+                frames[v],
+                hits.scores[sl],
+                hits.rows[sl],
+                hits.item_numbers[sl],
+                exhaustive=k >= index.num_rows,
+            )
             if match is None:
                 retry.append(v)
             else:
                 out[v] = match
         pending = retry
         if pending and k >= min(_K_CAP, index.num_rows):
-            for v, match in zip(pending, _full_pass(index, [frames[v] for v in pending]), strict=True):
+            for v, match in zip(
+                pending, _full_pass(index, [frames[v] for v in pending]), strict=True
+            ):
                 out[v] = match
             break
         k = min(2 * k, _K_CAP, index.num_rows)
@@ -233,7 +241,9 @@ def _full_pass(index: SearchableIndex, videos: list[np.ndarray]) -> list[Content
         last = int(np.searchsorted(bounds, offset + shard.shape[0], side="left"))
         cuts = np.clip(bounds[first:last], offset, None) - offset
         seg = np.maximum.reduceat(s, cuts, axis=1)
-        item_max[:, first : first + len(cuts)] = np.maximum(item_max[:, first : first + len(cuts)], seg)
+        item_max[:, first : first + len(cuts)] = np.maximum(
+            item_max[:, first : first + len(cuts)], seg
+        )
     out = []
     for n, g in enumerate(videos):
         sl = slice(starts[n], starts[n + 1])

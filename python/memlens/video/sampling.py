@@ -30,7 +30,7 @@ class Sampling:
     max_frames: int | None
 
 
-def _positive_int(name: str, value: object) -> int:
+def positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{name} must be a positive int; got {type(value).__name__} {value!r}")
     if value < 1:
@@ -44,7 +44,7 @@ def check_sampling(
     """Validate and normalize ``read_media``'s keyword options; raise naming the bad one."""
     if frames is not None and fps is not None:
         raise ValueError(f"pass frames= or fps=, not both; got frames={frames!r}, fps={fps!r}")
-    n = None if frames is None else _positive_int("frames", frames)
+    n = None if frames is None else positive_int("frames", frames)
     rate = None
     if fps is not None:
         if isinstance(fps, bool) or not isinstance(fps, Real):
@@ -58,10 +58,10 @@ def check_sampling(
     elif isinstance(resize, Sequence) and not isinstance(resize, str):
         if len(resize) != 2:
             raise ValueError(f"resize must be an int or a (width, height) pair; got {resize!r}")
-        size = (_positive_int("resize width", resize[0]), _positive_int("resize height", resize[1]))
+        size = (positive_int("resize width", resize[0]), positive_int("resize height", resize[1]))
     else:
-        size = _positive_int("resize", resize)
-    cap = None if max_frames is None else _positive_int("max_frames", max_frames)
+        size = positive_int("resize", resize)
+    cap = None if max_frames is None else positive_int("max_frames", max_frames)
     return Sampling(frames=n, fps=rate, resize=size, max_frames=cap)
 
 

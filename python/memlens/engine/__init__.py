@@ -1,0 +1,1 @@
+"""Execution of index builds and scans: batching, progress, resumable result files."""

@@ -1,0 +1,201 @@
+"""``memlens scan``: score generated videos/images against a reference index.
+
+Per input one record (DESIGN.md §11) is appended to ``RUN/results.jsonl`` as soon as its
+batch is scored; an interrupted scan resumes (``resume=True``) by skipping inputs that already
+have a record. Inputs are decoded and embedded one by one and searched in batches of about
+``batch_frames`` frames, because one search pass over the index serves the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+
+from memlens.embed import Embedder, EmbedderSpec, get_embedder
+from memlens.engine.media import read_for_batch
+from memlens.engine.progress import Progress
+from memlens.engine.records import (
+    PARQUET,
+    RESULTS,
+    ResultWriter,
+    read_results,
+    write_parquet,
+    write_run_json,
+)
+from memlens.errors import EmbedderMismatchError, MediaError
+from memlens.index import ReferenceIndex
+from memlens.metrics.content import TAU_DEFAULT, Aggregation, ContentMatch, content_scores
+from memlens.video import Clip, list_media
+
+
+@dataclass
+class ScanSettings:
+    tau: float = TAU_DEFAULT
+    agg: Aggregation = "max"
+    frames: int | None = None  # None: every frame of a generated video (up to max_frames)
+    fps: float | None = None
+    max_frames: int = 256
+    precision: str = "fp32"
+    batch_frames: int = 512
+
+
+@dataclass
+class ScanSummary:
+    items: int = 0
+    scored: int = 0
+    skipped: int = 0
+    errors: int = 0
+    memorized: int = 0
+    frames: int = 0
+    seconds: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("decode", "embed", "search", "write"), 0.0)
+    )
+
+    @property
+    def frames_per_second(self) -> float:
+        total = sum(self.seconds.values())
+        return self.frames / total if total > 0 else 0.0
+
+
+def _embedder_for(index: ReferenceIndex, embedder: Embedder | str | None) -> Embedder:
+    """The embedder the index was built with (or the one given, which must match)."""
+    spec = index.spec
+    if embedder is None:
+        embedder = get_embedder(spec.name, **_options_of(spec))
+    elif isinstance(embedder, str):
+        embedder = get_embedder(embedder)
+    if embedder.spec != spec:
+        raise EmbedderMismatchError(
+            f"the index was built with embedder {spec.to_json()}, "
+            f"but the scan would use {embedder.spec.to_json()}"
+        )
+    return embedder
+
+
+def _options_of(spec: EmbedderSpec) -> dict[str, Any]:
+    """get_embedder keyword arguments that reproduce a recorded spec (the resize rule is the
+    only user option a spec records; the builtin descriptor fixes its own)."""
+    resize = spec.preprocessing.get("resize")
+    if spec.name != "builtin" and isinstance(resize, dict) and "rule" in resize:
+        return {"resize": str(resize["rule"])}
+    return {}
+
+
+@dataclass
+class _Pending:
+    """One decoded and embedded input waiting for its batch's search."""
+
+    item_id: str
+    source: str
+    clip: Clip
+    embeddings: np.ndarray
+    warning: str | None
+
+
+def _error_record(item_id: str, source: str, err: Exception) -> dict[str, Any]:
+    return {"item": item_id, "source": source, "status": "error", "error": str(err)}
+
+
+def _record(index: ReferenceIndex, p: _Pending, m: ContentMatch, s: ScanSettings) -> dict[str, Any]:
+    best = index.row_info(m.best_row)
+    return {
+        "item": p.item_id,
+        "source": p.source,
+        "status": "ok",
+        "error": None,
+        "warning": p.warning,
+        "frames": len(p.clip.frames),
+        "content_max": m.content_max,
+        "content_mean": m.content_mean,
+        "vsscd": m.vsscd,
+        "best_item": best["item_id"],
+        "best_source": best["source"],
+        "best_frame": int(best["frame_index"]),
+        "best_timestamp": float(best["timestamp"]),
+        "best_gen_frame": int(p.clip.frame_indices[m.best_gen_frame]),
+        "mean_item": index.item_info(m.mean_item)["item_id"],
+        "content_memorized": m.memorized(s.tau, agg=s.agg),
+    }
+
+
+def scan(
+    sources: Sequence[str | Path],
+    index_path: str | Path,
+    out: str | Path,
+    *,
+    settings: ScanSettings | None = None,
+    embedder: Embedder | str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    command: str = "scan",
+) -> ScanSummary:
+    """Score every video/image under ``sources``; see the module docstring."""
+    s = settings or ScanSettings()
+    if not 0 <= s.tau <= 1:
+        raise ValueError(f"tau must be in [0, 1]; got {s.tau}")
+    media = list_media(sources)
+    if not media:
+        raise ValueError(f"sources contain no videos or images: {[str(x) for x in sources]}")
+    index = ReferenceIndex.open(index_path)
+    emb = _embedder_for(index, embedder)
+    run = Path(out)
+    if run.exists() and any(run.iterdir()) and not resume:
+        raise FileExistsError(f"{run} exists and is not empty; pass --resume to continue that run")
+    run.mkdir(parents=True, exist_ok=True)
+    write_run_json(run, command, {**s.__dict__, "index": str(index_path),
+                                  "embedder": emb.spec.to_json()})  # fmt: skip
+    done = {r["item"] for r in read_results(run / RESULTS)}
+    summary = ScanSummary(items=len(media))
+    bar = Progress(len(media), "scan", enabled=progress)
+    batch: list[_Pending] = []
+    with ResultWriter(run) as writer:
+
+        def flush() -> None:
+            if not batch:
+                return
+            t0 = perf_counter()
+            matches = content_scores(index, [p.embeddings for p in batch], precision=s.precision)
+            t1 = perf_counter()
+            for p, m in zip(batch, matches, strict=True):
+                rec = _record(index, p, m, s)
+                writer.write(rec)
+                summary.memorized += rec["content_memorized"]
+                summary.scored += 1
+            summary.seconds["search"] += t1 - t0
+            summary.seconds["write"] += perf_counter() - t1
+            bar.update(len(batch), frames=sum(len(p.clip.frames) for p in batch))
+            batch.clear()
+
+        for m in media:
+            if m.item_id in done:
+                summary.skipped += 1
+                bar.update()
+                continue
+            t0 = perf_counter()
+            try:
+                clip, warning = read_for_batch(
+                    m.path, frames=s.frames, fps=s.fps, max_frames=s.max_frames
+                )
+            except MediaError as err:
+                writer.write(_error_record(m.item_id, str(m.path), err))
+                summary.errors += 1
+                bar.update(errors=1)
+                continue
+            t1 = perf_counter()
+            emb_rows = emb.embed(clip.frames)
+            summary.seconds["decode"] += t1 - t0
+            summary.seconds["embed"] += perf_counter() - t1
+            summary.frames += len(clip.frames)
+            batch.append(_Pending(m.item_id, str(m.path), clip, emb_rows, warning))
+            if sum(len(p.embeddings) for p in batch) >= s.batch_frames:
+                flush()
+        flush()
+    t = perf_counter()
+    write_parquet(read_results(run / RESULTS), run / PARQUET)
+    summary.seconds["write"] += perf_counter() - t
+    return summary

@@ -1,0 +1,1 @@
+"""Self-contained HTML reports of run directories (they only read result files)."""
