@@ -45,7 +45,9 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
             copy = _shrink(clip[3:13], (96, 72))
             write_video(root / "gen" / f"copy_{name}.avi", copy, codec="MJPG")
     write_image(root / "train" / "gravel.png", photos["gravel"])
-    write_image(root / "gen" / "still_gravel.jpg", cv2.resize(photos["gravel"], (200, 200)), quality=60)
+    write_image(
+        root / "gen" / "still_gravel.jpg", cv2.resize(photos["gravel"], (200, 200)), quality=60
+    )
     for n, name in enumerate(UNRELATED):
         write_video(root / "gen" / f"unrelated_{name}.mp4", pan_clip(photos[name], seed=10 + n))
     write_video(root / "gen" / "<b>odd&amp; name.mp4", pan_clip(photos["page"], seed=3))
@@ -75,7 +77,9 @@ def test_copies_flagged_unrelated_not(media: Path, tmp_path: Path, embedder: str
     index = ReferenceIndex.open(idx, verify=True)
     assert index.num_items == len(TRAIN) + 1
     assert index.num_rows == 16 * len(TRAIN) + 1
-    assert main(["scan", str(media / "gen"), "--index", str(idx), "--out", str(run), "--quiet"]) == 0
+    assert (
+        main(["scan", str(media / "gen"), "--index", str(idx), "--out", str(run), "--quiet"]) == 0
+    )
     rows = _rows(run)
     assert rows["gen/broken.mp4"]["status"] == "error"
     assert "broken.mp4" in rows["gen/broken.mp4"]["error"]
@@ -146,7 +150,9 @@ def test_embedder_mismatch_between_index_and_scan(media: Path, tmp_path: Path) -
     idx = tmp_path / "idx"
     assert _build(media, idx, "builtin") == 0
     with pytest.raises(ValueError, match="embedder"):
-        ReferenceIndex.open(idx, embedder=__import__("memlens.embed").embed.get_embedder("sscd").spec)
+        ReferenceIndex.open(
+            idx, embedder=__import__("memlens.embed").embed.get_embedder("sscd").spec
+        )
     with pytest.raises(ValueError, match="built with embedder"):
         scan_mod.scan([media / "gen"], idx, tmp_path / "run", embedder="sscd", progress=False)
 
