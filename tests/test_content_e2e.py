@@ -107,11 +107,15 @@ def test_copies_flagged_unrelated_not(media: Path, tmp_path: Path, embedder: str
     assert run_json["settings"]["embedder"]["name"] == embedder
 
 
+@pytest.mark.parametrize("checkpoint", [60.0, 0.0])
 def test_build_resume_after_crash_equals_clean_build(
-    media: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    media: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checkpoint: float
 ) -> None:
     clean, crashed = tmp_path / "clean", tmp_path / "crashed"
     assert _build(media, clean, "builtin") == 0
+    # checkpoint 0: the partial shard is committed after every item
+    defaults = build_mod.build_index.__kwdefaults__
+    monkeypatch.setitem(defaults, "checkpoint_seconds", checkpoint)
     real = build_mod.read_for_batch
     calls = {"n": 0}
 
@@ -229,3 +233,54 @@ def test_user_errors_are_one_line_exit_2(
     assert err.startswith("memlens: error:")
     assert err.count("\n") == 1
     assert needle in err
+
+
+def test_build_with_reduced_copies_and_mismatched_resume(
+    media: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    idx = tmp_path / "idx"
+    assert _build(media, idx, "builtin", "--copies", "bf16", "int8") == 0
+    index = ReferenceIndex.open(idx, verify=True)
+    assert set(index.copies) == {"bf16", "int8"}
+    assert index.load_shard(0, precision="int8") is not None
+    capsys.readouterr()
+    # resuming with another shard size would silently change the layout: refused
+    assert main(["index", "build", str(media / "train"), "--out", str(idx), "--embedder",
+                 "builtin", "--shard-rows", "7", "--resume", "--quiet"]) == 2  # fmt: skip
+    assert "shard_rows" in capsys.readouterr().err
+
+
+_KILLED_BUILD = """
+import os, sys
+from memlens.engine import build
+real, calls = build.read_for_batch, [0]
+def dying(*a, **k):
+    calls[0] += 1
+    if calls[0] == 6:
+        os._exit(137)  # killed: no cleanup, no flush
+    return real(*a, **k)
+build.read_for_batch = dying
+build.build_index([sys.argv[1]], sys.argv[2], embedder="builtin", shard_rows=1000,
+                  checkpoint_seconds=float(sys.argv[3]), progress=False)
+"""
+
+
+@pytest.mark.parametrize(("checkpoint", "kept"), [(3600.0, 0), (0.0, 5)])
+def test_killed_build_keeps_checkpointed_items(
+    media: Path, tmp_path: Path, checkpoint: float, kept: int
+) -> None:
+    import subprocess
+    import sys
+
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    build_mod.build_index([media / "train"], clean, embedder="builtin", shard_rows=1000,
+                          progress=False)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", _KILLED_BUILD, str(media / "train"),
+                           str(killed), str(checkpoint)], capture_output=True, check=False)  # fmt: skip
+    assert proc.returncode == 137, proc.stderr.decode()
+    s = build_mod.build_index([media / "train"], killed, embedder="builtin", shard_rows=1000,
+                              resume=True, progress=False)  # fmt: skip
+    assert s.skipped == kept
+    for f in sorted(p.relative_to(clean) for p in clean.rglob("*.npy")):
+        assert (killed / f).read_bytes() == (clean / f).read_bytes(), f
+    assert pq.read_table(killed / "items.parquet").equals(pq.read_table(clean / "items.parquet"))

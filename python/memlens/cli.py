@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="sscd | sscd_distilled | builtin | onnx:PATH | torchscript:PATH "
                             "(default: sscd when installed, else builtin)")  # fmt: skip
     _sampling(build, "training video (default --frames 16)")
+    build.add_argument("--copies", nargs="+", choices=("bf16", "int8"), default=(),
+                       help="also store reduced-precision copies of every shard")  # fmt: skip
     build.add_argument("--resume", action="store_true", help="continue an interrupted build")
     build.add_argument("--shard-rows", type=_positive, default=65536, help="rows per shard")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -85,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="GSSCD aggregation used for the decision")  # fmt: skip
     scan.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
                       help="search precision (results are exact either way)")  # fmt: skip
+    scan.add_argument("--batch-frames", type=_positive, default=2048,
+                      help="frames searched together (results are written per batch)")  # fmt: skip
     scan.add_argument("--resume", action="store_true", help="continue an interrupted scan")
     scan.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -112,7 +116,7 @@ def _index_build(args: argparse.Namespace) -> int:
 
     s = build_index(args.sources, args.out, embedder=args.embedder, frames=args.frames,
                     fps=args.fps, resume=args.resume, shard_rows=args.shard_rows,
-                    progress=not args.quiet)  # fmt: skip
+                    copies=args.copies, progress=not args.quiet)  # fmt: skip
     split = ", ".join(f"{k} {v:.1f} s" for k, v in s.seconds.items())
     print(f"index {args.out}: {s.items} items ({s.added} added, {s.skipped} already there), "
           f"{s.frames} frames embedded, {len(s.errors)} errors, "
@@ -131,7 +135,8 @@ def _scan(args: argparse.Namespace) -> int:
         raise ValueError("give either --tau or --strict, not both")
     tau = TAU_STRICT if args.strict else (TAU_DEFAULT if args.tau is None else args.tau)
     settings = ScanSettings(tau=tau, agg=args.agg, frames=args.frames, fps=args.fps,
-                            max_frames=args.max_frames, precision=args.precision)  # fmt: skip
+                            max_frames=args.max_frames, precision=args.precision,
+                            batch_frames=args.batch_frames)  # fmt: skip
     s = scan(args.sources, args.index, args.out, settings=settings, resume=args.resume,
              progress=not args.quiet, command=" ".join(["memlens", *sys.argv[1:]]))  # fmt: skip
     report = render(args.out)

@@ -54,6 +54,8 @@ def build_index(
     fps: float | None = None,
     resume: bool = False,
     shard_rows: int = 65536,
+    copies: Sequence[str] = (),
+    checkpoint_seconds: float = 60.0,
     progress: bool = True,
 ) -> BuildSummary:
     """Index every video/image under ``sources`` into ``out``.
@@ -69,12 +71,13 @@ def build_index(
         raise ValueError(f"sources contain no videos or images: {[str(s) for s in sources]}")
     emb = get_embedder(embedder) if isinstance(embedder, str) else embedder
     out = Path(out)
-    if resume and (out / "manifest.json").exists():
-        index = ReferenceIndex.open(out, embedder=emb.spec, mode="a")
-    else:
-        index = ReferenceIndex.create(out, emb.spec, shard_rows=shard_rows)
+    # resuming checks that the embedder, shard size and copies match the existing index
+    index = ReferenceIndex.create(
+        out, emb.spec, shard_rows=shard_rows, copies=copies, exist_ok_resume=resume
+    )
     summary = BuildSummary()
     bar = Progress(len(media), "index", enabled=progress)
+    last_commit = perf_counter()
     with index:
         for m in media:
             if index.has_item(m.item_id):
@@ -111,6 +114,10 @@ def build_index(
             summary.added += 1
             summary.frames += len(clip.frames)
             bar.update(frames=len(clip.frames))
+            if perf_counter() - last_commit > checkpoint_seconds:
+                # commit the partial shard too: a crash then loses at most this much work
+                index.flush()
+                last_commit = perf_counter()
         t = perf_counter()
     summary.seconds["write"] += perf_counter() - t  # the final flush on close
     summary.items = ReferenceIndex.open(out).num_items

@@ -30,7 +30,7 @@ from memlens.engine.records import (
 from memlens.errors import EmbedderMismatchError, MediaError
 from memlens.index import ReferenceIndex
 from memlens.metrics.content import TAU_DEFAULT, Aggregation, ContentMatch, content_scores
-from memlens.video import Clip, list_media
+from memlens.video import list_media
 
 
 @dataclass
@@ -41,7 +41,9 @@ class ScanSettings:
     fps: float | None = None
     max_frames: int = 256
     precision: str = "fp32"
-    batch_frames: int = 512
+    # one search pass serves a whole batch; the exact search is ~1.25x faster per query at
+    # 2048 queries than at 384 (benchmarks/README.md), and a crash loses at most one batch
+    batch_frames: int = 2048
 
 
 @dataclass
@@ -88,11 +90,12 @@ def _options_of(spec: EmbedderSpec) -> dict[str, Any]:
 
 @dataclass
 class _Pending:
-    """One decoded and embedded input waiting for its batch's search."""
+    """One embedded input waiting for its batch's search (its pixels are already dropped:
+    a batch holds thousands of frames)."""
 
     item_id: str
     source: str
-    clip: Clip
+    frame_indices: np.ndarray  # source frame number of each embedded frame
     embeddings: np.ndarray
     warning: str | None
 
@@ -109,7 +112,7 @@ def _record(index: ReferenceIndex, p: _Pending, m: ContentMatch, s: ScanSettings
         "status": "ok",
         "error": None,
         "warning": p.warning,
-        "frames": len(p.clip.frames),
+        "frames": len(p.frame_indices),
         "content_max": m.content_max,
         "content_mean": m.content_mean,
         "vsscd": m.vsscd,
@@ -117,7 +120,7 @@ def _record(index: ReferenceIndex, p: _Pending, m: ContentMatch, s: ScanSettings
         "best_source": best["source"],
         "best_frame": int(best["frame_index"]),
         "best_timestamp": float(best["timestamp"]),
-        "best_gen_frame": int(p.clip.frame_indices[m.best_gen_frame]),
+        "best_gen_frame": int(p.frame_indices[m.best_gen_frame]),
         "mean_item": index.item_info(m.mean_item)["item_id"],
         "content_memorized": m.memorized(s.tau, agg=s.agg),
     }
@@ -168,7 +171,7 @@ def scan(
                 summary.scored += 1
             summary.seconds["search"] += t1 - t0
             summary.seconds["write"] += perf_counter() - t1
-            bar.update(len(batch), frames=sum(len(p.clip.frames) for p in batch))
+            bar.update(len(batch), frames=sum(len(p.frame_indices) for p in batch))
             batch.clear()
 
         for m in media:
@@ -191,7 +194,8 @@ def scan(
             summary.seconds["decode"] += t1 - t0
             summary.seconds["embed"] += perf_counter() - t1
             summary.frames += len(clip.frames)
-            batch.append(_Pending(m.item_id, str(m.path), clip, emb_rows, warning))
+            batch.append(_Pending(m.item_id, str(m.path), clip.frame_indices, emb_rows, warning))
+            del clip
             if sum(len(p.embeddings) for p in batch) >= s.batch_frames:
                 flush()
         flush()
