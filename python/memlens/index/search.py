@@ -21,6 +21,34 @@ class Segment:
     load: Callable[[], np.ndarray]
 
 
+# Reduced precision pays off in proportion to the rows of one cosine_topk call (its candidate
+# margin may grow with them; ops._certify.max_candidates), so on the CPU consecutive shards
+# are searched together, copied into RAM up to this many bytes (a shard is 128 MiB at the
+# default 65536 x 512 fp32). fp32 gains nothing from it and keeps streaming one memmap.
+GROUP_BYTES = 512 << 20
+
+
+def _groups(segments: list[Segment], row_bytes: int, grouped: bool) -> list[list[Segment]]:
+    if not grouped:
+        return [[s] for s in segments]
+    out: list[list[Segment]] = []
+    size = 0
+    for seg in segments:
+        if out and size + seg.rows * row_bytes <= GROUP_BYTES:
+            out[-1].append(seg)
+            size += seg.rows * row_bytes
+        else:
+            out.append([seg])
+            size = seg.rows * row_bytes
+    return out
+
+
+def _load(group: list[Segment]) -> np.ndarray:
+    if len(group) == 1:
+        return group[0].load()
+    return np.concatenate([s.load() for s in group])
+
+
 def stream_topk(
     q: np.ndarray,
     segments: list[Segment],
@@ -29,18 +57,20 @@ def stream_topk(
     backend: str | None,
     dev: torch.device,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k over consecutive segments: one cosine_topk per segment (k clipped to its
+    """Exact top-k over consecutive segments: one cosine_topk per segment or group (k clipped to its
     rows), global row numbers, merged as we go so memory stays at two (nq, k) lists."""
     qd: Any = q if dev.type == "cpu" else torch.from_numpy(q).to(dev)
     best: Any = None
-    for seg in segments:
-        arr = seg.load()  # memory-mapped: only this shard's pages are touched
+    grouped = precision != "fp32" and dev.type == "cpu"
+    for group in _groups(segments, q.shape[1] * 4, grouped):
+        arr = _load(group)  # memory-mapped (one shard) or a bounded copy of a few shards
+        n_rows = sum(seg.rows for seg in group)
         refs: Any = arr if dev.type == "cpu" else torch.from_numpy(np.array(arr)).to(dev)
         # rows were checked finite when added (and by checksum with verify=True)
         s, i = cosine_topk(
-            qd, refs, min(k, seg.rows), precision=precision, backend=backend, check_finite=False
+            qd, refs, min(k, n_rows), precision=precision, backend=backend, check_finite=False
         )
-        part = (s, i + seg.first_row)
+        part = (s, i + group[0].first_row)
         best = (
             part
             if best is None
