@@ -284,3 +284,22 @@ def test_killed_build_keeps_checkpointed_items(
     for f in sorted(p.relative_to(clean) for p in clean.rglob("*.npy")):
         assert (killed / f).read_bytes() == (clean / f).read_bytes(), f
     assert pq.read_table(killed / "items.parquet").equals(pq.read_table(clean / "items.parquet"))
+
+
+def test_user_onnx_model_index_needs_the_model_named_at_scan(
+    media: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_embed import W8, _onnx_model
+
+    model = _onnx_model(tmp_path / "m.onnx", dtype="uint8", layout="NHWC", side=None, weight=W8)
+    idx = tmp_path / "idx"
+    assert _build(media, idx, f"onnx:{model}") == 0
+    scan_args = ["scan", str(media / "gen" / "copy_astronaut.avi"), "--index", str(idx), "--quiet"]
+    capsys.readouterr()
+    assert main([*scan_args, "--out", str(tmp_path / "r1")]) == 2
+    assert "--embedder onnx:PATH" in capsys.readouterr().err
+    other = _onnx_model(tmp_path / "o.onnx", dtype="uint8", layout="NHWC", side=None, weight=-W8)
+    assert main([*scan_args, "--out", str(tmp_path / "r2"), "--embedder", f"onnx:{other}"]) == 2
+    assert "built with embedder" in capsys.readouterr().err
+    assert main([*scan_args, "--out", str(tmp_path / "r3"), "--embedder", f"onnx:{model}"]) == 0
+    assert _rows(tmp_path / "r3")["copy_astronaut.avi"]["status"] == "ok"

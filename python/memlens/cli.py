@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--out", required=True, metavar="RUN", help="run directory")
     _sampling(scan, "generated video (default: every frame, up to --max-frames)")
     scan.add_argument("--max-frames", type=_positive, default=256, help="frame cap per video")
+    scan.add_argument("--embedder", help="default: the index's; needed for onnx:PATH and "
+                      "torchscript:PATH models, and must match the index")  # fmt: skip
     scan.add_argument("--tau", type=_unit_interval, help="decision threshold (default 0.5)")
     scan.add_argument("--strict", action="store_true", help="the strict threshold, τ = 0.7")
     scan.add_argument("--agg", choices=("max", "mean"), default="max",
@@ -138,6 +140,7 @@ def _scan(args: argparse.Namespace) -> int:
                             max_frames=args.max_frames, precision=args.precision,
                             batch_frames=args.batch_frames)  # fmt: skip
     s = scan(args.sources, args.index, args.out, settings=settings, resume=args.resume,
+             embedder=args.embedder,
              progress=not args.quiet, command=" ".join(["memlens", *sys.argv[1:]]))  # fmt: skip
     report = render(args.out)
     split = ", ".join(f"{k} {v:.1f} s" for k, v in s.seconds.items())

@@ -71,6 +71,12 @@ def _embedder_for(index: ReferenceIndex, embedder: Embedder | str | None) -> Emb
     """The embedder the index was built with (or the one given, which must match)."""
     spec = index.spec
     if embedder is None:
+        if spec.name in ("onnx", "torchscript"):  # a user model: the spec holds its checksum
+            raise ValueError(
+                f"the index was built with a user {spec.name} model (sha256 "
+                f"{spec.preprocessing.get('model_sha256', '?')}); pass embedder "
+                f"(--embedder {spec.name}:PATH) to name the same model file"
+            )
         embedder = get_embedder(spec.name, **_options_of(spec))
     elif isinstance(embedder, str):
         embedder = get_embedder(embedder)
