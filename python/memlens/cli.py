@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--strict", action="store_true", help="the strict threshold, τ = 0.7")
     scan.add_argument("--agg", choices=("max", "mean"), default="max",
                       help="GSSCD aggregation used for the decision")  # fmt: skip
-    scan.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="bf16",
+    scan.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
                       help="search precision (results are exact either way)")  # fmt: skip
     scan.add_argument("--batch-frames", type=_positive, default=2048,
                       help="frames searched together (results are written per batch)")  # fmt: skip

@@ -40,10 +40,11 @@ class ScanSettings:
     frames: int | None = None  # None: every frame of a generated video (up to max_frames)
     fps: float | None = None
     max_frames: int = 256
-    # the search is exact at every precision (reduced ones are re-ranked and certified in
-    # fp32); bf16 is ~1.5x faster than fp32 on a sharded 1e6-row index with AVX512-BF16 and
-    # runs as fp32 where the CPU has no bf16 arithmetic (benchmarks/README.md)
-    precision: str = "bf16"
+    # The search is exact at every precision (bf16/int8 are re-ranked and certified in fp32).
+    # Reduced precision is faster only when few references crowd the k-th neighbour: bf16
+    # was 1.2x faster on random unit rows but 2.4x slower on SSCD queries against a 1e6-row
+    # random padding (benchmarks/README.md), so fp32 is the predictable default.
+    precision: str = "fp32"
     # one search pass serves a whole batch; the exact search is ~1.25x faster per query at
     # 2048 queries than at 384 (benchmarks/README.md), and a crash loses at most one batch
     batch_frames: int = 2048
