@@ -42,8 +42,8 @@ class ScanSettings:
     max_frames: int = 256
     # The search is exact at every precision (bf16/int8 are re-ranked and certified in fp32).
     # Reduced precision is faster only when few references crowd the k-th neighbour: bf16
-    # was 1.2x faster on random unit rows but 2.4x slower on SSCD queries against a 1e6-row
-    # random padding (benchmarks/README.md), so fp32 is the predictable default.
+    # was 1.2x faster on random unit rows but 1.2-2.4x slower on SSCD queries against a
+    # 2e5-1e6-row random padding (benchmarks/README.md), so fp32 is the predictable default.
     precision: str = "fp32"
     # one search pass serves a whole batch; the exact search is ~1.25x faster per query at
     # 2048 queries than at 384 (benchmarks/README.md), and a crash loses at most one batch
