@@ -294,7 +294,8 @@ def test_user_onnx_model_index_needs_the_model_named_at_scan(
     model = _onnx_model(tmp_path / "m.onnx", dtype="uint8", layout="NHWC", side=None, weight=W8)
     idx = tmp_path / "idx"
     assert _build(media, idx, f"onnx:{model}") == 0
-    scan_args = ["scan", str(media / "gen" / "copy_astronaut.avi"), "--index", str(idx), "--quiet"]
+    scan_args = ["scan", str(media / "gen" / "copy_astronaut.avi"), "--index", str(idx),
+                 "--quiet", "--threads", "1"]  # fmt: skip
     capsys.readouterr()
     assert main([*scan_args, "--out", str(tmp_path / "r1")]) == 2
     assert "--embedder onnx:PATH" in capsys.readouterr().err

@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="also store reduced-precision copies of every shard")  # fmt: skip
     build.add_argument("--resume", action="store_true", help="continue an interrupted build")
     build.add_argument("--shard-rows", type=_positive, default=65536, help="rows per shard")
+    build.add_argument("--threads", type=_positive, help="embedder threads (default: all cores)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
 
     scan = sub.add_parser("scan", help="score generated videos/images against an index")
@@ -92,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--batch-frames", type=_positive, default=2048,
                       help="frames searched together (results are written per batch)")  # fmt: skip
     scan.add_argument("--resume", action="store_true", help="continue an interrupted scan")
+    scan.add_argument("--threads", type=_positive, help="embedder threads (default: all cores)")
     scan.add_argument("--quiet", action="store_true", help="no progress bar")
 
     compare = sub.add_parser("compare", help="content similarity of one pair A (generated), B")
@@ -99,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("b", metavar="B", help="training video or image")
     compare.add_argument("--embedder", default="default", help="as for index build")
     compare.add_argument("--max-frames", type=_positive, default=256, help="frame cap per video")
+    compare.add_argument("--threads", type=_positive, help="embedder threads")
     compare.add_argument("--json", action="store_true", help="print JSON")
 
     bench = sub.add_parser("bench", help="microbenchmarks against the best baselines, same run")
@@ -118,7 +121,8 @@ def _index_build(args: argparse.Namespace) -> int:
 
     s = build_index(args.sources, args.out, embedder=args.embedder, frames=args.frames,
                     fps=args.fps, resume=args.resume, shard_rows=args.shard_rows,
-                    copies=args.copies, progress=not args.quiet)  # fmt: skip
+                    copies=args.copies, threads=args.threads,
+                    progress=not args.quiet)  # fmt: skip
     split = ", ".join(f"{k} {v:.1f} s" for k, v in s.seconds.items())
     print(f"index {args.out}: {s.items} items ({s.added} added, {s.skipped} already there), "
           f"{s.frames} frames embedded, {len(s.errors)} errors, "
@@ -140,7 +144,7 @@ def _scan(args: argparse.Namespace) -> int:
                             max_frames=args.max_frames, precision=args.precision,
                             batch_frames=args.batch_frames)  # fmt: skip
     s = scan(args.sources, args.index, args.out, settings=settings, resume=args.resume,
-             embedder=args.embedder,
+             embedder=args.embedder, threads=args.threads,
              progress=not args.quiet, command=" ".join(["memlens", *sys.argv[1:]]))  # fmt: skip
     report = render(args.out)
     split = ", ".join(f"{k} {v:.1f} s" for k, v in s.seconds.items())
@@ -155,7 +159,7 @@ def _compare(args: argparse.Namespace) -> int:
     from memlens.metrics.content import gsscd, vsscd
     from memlens.video import read_media
 
-    emb = get_embedder(args.embedder)
+    emb = get_embedder(args.embedder, threads=args.threads)
     clips = [read_media(p, max_frames=args.max_frames) for p in (args.a, args.b)]
     a, b = (emb.embed(c.frames) for c in clips)
     result: dict[str, Any] = {

@@ -56,6 +56,7 @@ def build_index(
     shard_rows: int = 65536,
     copies: Sequence[str] = (),
     checkpoint_seconds: float = 60.0,
+    threads: int | None = None,
     progress: bool = True,
 ) -> BuildSummary:
     """Index every video/image under ``sources`` into ``out``.
@@ -69,7 +70,7 @@ def build_index(
     media = list_media(sources)
     if not media:
         raise ValueError(f"sources contain no videos or images: {[str(s) for s in sources]}")
-    emb = get_embedder(embedder) if isinstance(embedder, str) else embedder
+    emb = get_embedder(embedder, threads=threads) if isinstance(embedder, str) else embedder
     out = Path(out)
     # resuming checks that the embedder, shard size and copies match the existing index
     index = ReferenceIndex.create(

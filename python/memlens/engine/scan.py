@@ -68,7 +68,9 @@ class ScanSummary:
         return self.frames / total if total > 0 else 0.0
 
 
-def _embedder_for(index: ReferenceIndex, embedder: Embedder | str | None) -> Embedder:
+def _embedder_for(
+    index: ReferenceIndex, embedder: Embedder | str | None, threads: int | None
+) -> Embedder:
     """The embedder the index was built with (or the one given, which must match)."""
     spec = index.spec
     if embedder is None:
@@ -78,9 +80,9 @@ def _embedder_for(index: ReferenceIndex, embedder: Embedder | str | None) -> Emb
                 f"{spec.preprocessing.get('model_sha256', '?')}); pass embedder "
                 f"(--embedder {spec.name}:PATH) to name the same model file"
             )
-        embedder = get_embedder(spec.name, **_options_of(spec))
+        embedder = get_embedder(spec.name, threads=threads, **_options_of(spec))
     elif isinstance(embedder, str):
-        embedder = get_embedder(embedder)
+        embedder = get_embedder(embedder, threads=threads)
     if embedder.spec != spec:
         raise EmbedderMismatchError(
             f"the index was built with embedder {spec.to_json()}, "
@@ -144,6 +146,7 @@ def scan(
     settings: ScanSettings | None = None,
     embedder: Embedder | str | None = None,
     resume: bool = False,
+    threads: int | None = None,
     progress: bool = True,
     command: str = "scan",
 ) -> ScanSummary:
@@ -155,7 +158,7 @@ def scan(
     if not media:
         raise ValueError(f"sources contain no videos or images: {[str(x) for x in sources]}")
     index = ReferenceIndex.open(index_path)
-    emb = _embedder_for(index, embedder)
+    emb = _embedder_for(index, embedder, threads)
     run = Path(out)
     if run.exists() and any(run.iterdir()) and not resume:
         raise FileExistsError(f"{run} exists and is not empty; pass --resume to continue that run")
