@@ -124,6 +124,9 @@ def test_index_level_scores_equal_brute_force(seed: int, precision: str) -> None
         assert gsscd(g, items[m.best_item], agg="max") == pytest.approx(want_max, abs=1e-5)
         assert m.vsscd == pytest.approx(vsscd(g, items[m.best_item]))
     assert got[-1].best_item == got[-1].mean_item == 5
+    for m in got:  # neighbours: items seen in the hits, by their best seen score
+        assert m.neighbours[0] == m.best_item
+        assert len(set(m.neighbours)) == len(m.neighbours) <= content.NEIGHBOURS
     assert len(index.searches) >= 2  # k grew past k_start for some video
 
 
@@ -137,6 +140,10 @@ def test_full_pass_fallback_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     got = content_scores(FakeIndex(items, shard_rows=9), gens, k_start=1)
     for g, m in zip(gens, got, strict=True):
         want_max, want_mean, _ = brute(g, items)
+        all_max = [gsscd(g, r, agg="max") for r in items]
+        assert [round(all_max[n], 5) for n in m.neighbours] == sorted(
+            (round(x, 5) for x in all_max), reverse=True
+        )
         assert m.content_max == pytest.approx(want_max, abs=1e-5)
         assert m.content_mean == pytest.approx(want_mean, abs=1e-5)
 

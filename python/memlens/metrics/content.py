@@ -26,6 +26,7 @@ TAU_DEFAULT = 0.5  # Somepalli et al.: a generation replicates if its max SSCD >
 TAU_STRICT = 0.7  # the threshold Wen et al.'s memorized-prompt benchmark was built with
 _K_START = 64
 _K_CAP = 4096  # cosine_topk's largest k; beyond it the exact mean uses a full pass
+NEIGHBOURS = 64
 
 
 def _unit(x: Any, name: str) -> np.ndarray:
@@ -104,6 +105,10 @@ class ContentMatch:
     best_gen_frame: int  # generated frame achieving content_max
     mean_item: int  # item number achieving content_mean
     vsscd: float  # VSSCD(G, best_item)
+    # up to NEIGHBOURS items seen in the frames' top-k hits, ranked by their best score among
+    # those hits (= GSSCD_max for the first one; a lower bound of it for the others), best
+    # first: the candidates of the motion metric (methods.md §1.4: the content top-K)
+    neighbours: tuple[int, ...] = ()
 
     def memorized(self, tau: float = TAU_DEFAULT, *, agg: Aggregation = "max") -> bool:
         """The decision ``CM(G) > tau`` (default 0.5; strict 0.7)."""
@@ -188,6 +193,7 @@ def _from_hits(
     unseen_ub = -np.inf if exhaustive else float(kth.mean())
     # per (frame, item) best known score; lists are sorted, so the first hit is the best
     ub: dict[int, np.ndarray] = {}
+    seen_max: dict[int, float] = {}
     for i in range(len(g)):
         seen: set[int] = set()
         for s, it in zip(scores[i].tolist(), items[i].tolist(), strict=True):
@@ -195,6 +201,8 @@ def _from_hits(
                 continue
             seen.add(it)
             ub.setdefault(it, kth.copy() if not exhaustive else np.full(len(g), -np.inf))[i] = s
+            seen_max[it] = max(seen_max.get(it, -np.inf), s)
+    neighbours = tuple(sorted(seen_max, key=lambda it: -seen_max[it])[:NEIGHBOURS])
     bounds = sorted(((float(v.mean()), it) for it, v in ub.items()), reverse=True)
     best_mean, mean_item = -np.inf, -1
     for bound, it in bounds:
@@ -213,6 +221,7 @@ def _from_hits(
         best_gen_frame=f,
         mean_item=mean_item,
         vsscd=vsscd(g, index.embeddings_of(best_item)),
+        neighbours=neighbours,
     )
 
 
@@ -252,6 +261,8 @@ def _full_pass(index: SearchableIndex, videos: list[np.ndarray]) -> list[Content
         item = int(np.searchsorted(bounds, row, side="right")) - 1
         means = item_max[sl].astype(np.float64).mean(axis=0)
         mean_item = int(np.argmax(means))
+        maxes = item_max[sl].max(axis=0)
+        order = np.argsort(-maxes, kind="stable")[:NEIGHBOURS]
         out.append(
             ContentMatch(
                 content_max=float(best[sl][f]),
@@ -261,6 +272,7 @@ def _full_pass(index: SearchableIndex, videos: list[np.ndarray]) -> list[Content
                 best_gen_frame=f,
                 mean_item=mean_item,
                 vsscd=vsscd(g, index.embeddings_of(item)),
+                neighbours=tuple(int(i) for i in order),
             )
         )
     return out
