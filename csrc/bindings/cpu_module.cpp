@@ -11,6 +11,7 @@
 #include <omp.h>
 #endif
 
+#include "memlens/flow_sim.h"
 #include "memlens/topk.h"
 
 #include "args.h"
@@ -98,6 +99,46 @@ PYBIND11_MODULE(_C, m) {
       py::arg("q"), py::arg("nq"), py::arg("d"), py::arg("r"), py::arg("nr"), py::arg("r_row_stride"),
       py::arg("r_col_stride"), py::arg("r_dtype"), py::arg("normalize"), py::arg("idx"), py::arg("kc"),
       py::arg("out_scores"), py::arg("num_threads"), py::arg("simd"));
+
+  m.def(
+      "flow_similarity",
+      [](std::uintptr_t gen, int gen_dtype, const std::vector<int64_t>& gen_strides, std::uintptr_t cands,
+         int cands_dtype, const std::vector<int64_t>& cands_strides, int64_t n, int64_t t, int64_t h, int64_t w,
+         double mu_min, std::uintptr_t gen_affine, std::uintptr_t cand_affine, std::uintptr_t out_pair,
+         std::uintptr_t out_gen_field, std::uintptr_t out_cand_field, int num_threads, int simd,
+         int64_t block_pixels) {
+        auto dtype = [](int code, const char* name) {
+          if (code != 0 && code != 1)
+            throw std::invalid_argument(std::string(name) + " code must be 0 (f32) or 1 (f16); got " +
+                                        std::to_string(code));
+          return static_cast<DType>(code);
+        };
+        if (gen_strides.size() != 4)
+          throw std::invalid_argument("gen_strides must have 4 entries (T, H, W, 2); got " +
+                                      std::to_string(gen_strides.size()));
+        if (cands_strides.size() != 5)
+          throw std::invalid_argument("cands_strides must have 5 entries (N, T, H, W, 2); got " +
+                                      std::to_string(cands_strides.size()));
+        FlowArray g{reinterpret_cast<const void*>(gen), dtype(gen_dtype, "gen_dtype"), 0,
+                    gen_strides[0], gen_strides[1], gen_strides[2], gen_strides[3]};
+        FlowArray c{reinterpret_cast<const void*>(cands), dtype(cands_dtype, "cands_dtype"), cands_strides[0],
+                    cands_strides[1], cands_strides[2], cands_strides[3], cands_strides[4]};
+        const CpuOptions cpu = make_options(num_threads, simd);
+        FlowOptions opt;
+        opt.num_threads = cpu.num_threads;
+        opt.simd = cpu.simd;
+        opt.block_pixels = block_pixels;
+        py::gil_scoped_release release;
+        flow_similarity(g, c, FlowShape{n, t, h, w}, mu_min, reinterpret_cast<const double*>(gen_affine),
+                        reinterpret_cast<const double*>(cand_affine), reinterpret_cast<double*>(out_pair),
+                        reinterpret_cast<double*>(out_gen_field), reinterpret_cast<double*>(out_cand_field), opt);
+      },
+      py::arg("gen"), py::arg("gen_dtype"), py::arg("gen_strides"), py::arg("cands"), py::arg("cands_dtype"),
+      py::arg("cands_strides"), py::arg("n"), py::arg("t"), py::arg("h"), py::arg("w"), py::arg("mu_min"),
+      py::arg("gen_affine"), py::arg("cand_affine"), py::arg("out_pair"), py::arg("out_gen_field"),
+      py::arg("out_cand_field"), py::arg("num_threads"), py::arg("simd"), py::arg("block_pixels") = 0,
+      "Flow-field similarity statistics (memlens/flow_sim.h); pointers are ints, strides in elements, "
+      "affine pointers 0 for none.");
 
   m.def("detect_simd", [] { return static_cast<int>(detect_simd()); },
         "Highest SIMD level this CPU supports (CPUID), capped by what was compiled.");

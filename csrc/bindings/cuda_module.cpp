@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "memlens/cuda_flow_sim.h"
 #include "memlens/cuda_topk.h"
 
 #include "args.h"
@@ -27,6 +28,27 @@ Precision make_precision(int code, bool allow_fp32) {
 }
 
 cuda::Stream make_stream(std::uintptr_t s) { return reinterpret_cast<cuda::Stream>(s); }
+
+cuda::FlowField make_field(std::uintptr_t ptr, int64_t sn, int64_t st, int64_t sh, int64_t sw,
+                           int64_t sc, int dtype, const char* name) {
+  if (dtype != 0 && dtype != 1)
+    throw std::invalid_argument(std::string(name) + "_dtype code must be 0 (f32) or 1 (f16); got " +
+                                std::to_string(dtype));
+  cuda::FlowField f;
+  f.data = reinterpret_cast<const void*>(ptr);
+  f.stride_n = sn;
+  f.stride_t = st;
+  f.stride_h = sh;
+  f.stride_w = sw;
+  f.stride_c = sc;
+  f.dtype = static_cast<DType>(dtype);
+  return f;
+}
+
+template <typename T>
+T* ptr_or_null(std::uintptr_t p) {
+  return p == 0 ? nullptr : reinterpret_cast<T*>(p);
+}
 
 }  // namespace
 
@@ -102,6 +124,59 @@ PYBIND11_MODULE(_cuda, m) {
       },
       py::arg("nq"), py::arg("nr"), py::arg("d"), py::arg("k"), py::arg("precision") = 0,
       "How a call of these sizes is executed: tiles, splits, chunking, shared memory, workspace.");
+
+  m.def(
+      "flow_sim_workspace_bytes",
+      [](int64_t n, int64_t t, int64_t h, int64_t w, bool affine) {
+        return cuda::flow_sim_workspace_bytes(n, t, h, w, affine);
+      },
+      py::arg("n"), py::arg("t"), py::arg("h"), py::arg("w"), py::arg("affine") = false,
+      "Bytes of device workspace (256-byte aligned) a flow_similarity call of these sizes needs "
+      "(0: none).");
+
+  m.def(
+      "flow_similarity",
+      [](std::uintptr_t gen, int64_t g_st, int64_t g_sh, int64_t g_sw, int64_t g_sc, int g_dtype,
+         std::uintptr_t cands, int64_t c_sn, int64_t c_st, int64_t c_sh, int64_t c_sw,
+         int64_t c_sc, int c_dtype, int64_t n, int64_t t, int64_t h, int64_t w, double mu_min,
+         std::uintptr_t gen_affine, std::uintptr_t cand_affine, std::uintptr_t pair,
+         std::uintptr_t gen_field, std::uintptr_t cand_field, std::uintptr_t workspace,
+         std::size_t workspace_bytes, std::uintptr_t stream) {
+        const cuda::FlowField g = make_field(gen, 0, g_st, g_sh, g_sw, g_sc, g_dtype, "gen");
+        const cuda::FlowField c = make_field(cands, c_sn, c_st, c_sh, c_sw, c_sc, c_dtype, "cands");
+        py::gil_scoped_release release;
+        cuda::flow_similarity(g, c, n, t, h, w, mu_min, ptr_or_null<const double>(gen_affine),
+                              ptr_or_null<const double>(cand_affine),
+                              reinterpret_cast<double*>(pair), reinterpret_cast<double*>(gen_field),
+                              reinterpret_cast<double*>(cand_field),
+                              reinterpret_cast<void*>(workspace), workspace_bytes,
+                              make_stream(stream));
+      },
+      py::arg("gen"), py::arg("g_stride_t"), py::arg("g_stride_h"), py::arg("g_stride_w"),
+      py::arg("g_stride_c"), py::arg("g_dtype"), py::arg("cands"), py::arg("c_stride_n"),
+      py::arg("c_stride_t"), py::arg("c_stride_h"), py::arg("c_stride_w"), py::arg("c_stride_c"),
+      py::arg("c_dtype"), py::arg("n"), py::arg("t"), py::arg("h"), py::arg("w"),
+      py::arg("mu_min"), py::arg("gen_affine"), py::arg("cand_affine"), py::arg("pair"),
+      py::arg("gen_field"), py::arg("cand_field"), py::arg("workspace"),
+      py::arg("workspace_bytes"), py::arg("stream") = 0,
+      "PAIR (N, T, 4) and FIELD (T, 8), (N, T, 8) float64 statistics of device flow fields read "
+      "with element strides (f32/f16); affine pointers 0 = none. Asynchronous on `stream`.");
+
+  m.def(
+      "flow_sim_plan",
+      [](int64_t n, int64_t t, int64_t h, int64_t w, bool affine) {
+        const cuda::FlowSimPlan p = cuda::flow_sim_plan(n, t, h, w, affine);
+        py::dict out;
+        out["cands_per_block"] = p.cands_per_block;
+        out["threads"] = p.threads;
+        out["chunk_pixels"] = p.chunk_pixels;
+        out["chunks"] = p.chunks;
+        out["blocks"] = p.blocks;
+        out["workspace"] = p.workspace;
+        return out;
+      },
+      py::arg("n"), py::arg("t"), py::arg("h"), py::arg("w"), py::arg("affine") = false,
+      "How a flow_similarity call of these sizes is executed: CTA shape, chunks, workspace.");
 
   m.def("device_count", &cuda::device_count, "Visible CUDA devices (0 without driver/device).");
   m.def("device_name", &cuda::device_name, py::arg("device_index"));

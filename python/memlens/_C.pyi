@@ -57,3 +57,24 @@ def detect_simd() -> int: ...
 def simd_name(level: int) -> str: ...
 def simd_compiled(level: int) -> bool: ...
 def max_threads() -> int: ...
+def flow_similarity(
+    gen: int,
+    gen_dtype: int,
+    gen_strides: list[int],
+    cands: int,
+    cands_dtype: int,
+    cands_strides: list[int],
+    n: int,
+    t: int,
+    h: int,
+    w: int,
+    mu_min: float,
+    gen_affine: int,
+    cand_affine: int,
+    out_pair: int,
+    out_gen_field: int,
+    out_cand_field: int,
+    num_threads: int,
+    simd: int,
+    block_pixels: int = 0,
+) -> None: ...

@@ -22,7 +22,7 @@ def build_info() -> dict[str, Any]:
     Keys: ``version``, ``backends`` (name → available on cpu / cuda tensors, and why not),
     ``cpu`` (compiled, ``simd_detected``, ``simd`` = level in use, ``simd_supported``,
     ``openmp``, ``threads``), ``cuda_compiled``, ``triton`` (installed version or None),
-    ``torch``. Triton's version comes from package metadata, so triton is not imported, and
+    ``torch``, ``ops`` (each op's backends). Triton's version comes from package metadata, so triton is not imported, and
     CUDA is not initialized.
     """
     info: dict[str, Any] = {"version": _version("memlens") or "unknown", "torch": _version("torch")}
@@ -48,5 +48,12 @@ def build_info() -> dict[str, Any]:
         backends[name] = {
             dev: spec.why_unavailable(dev) or "available" for dev in sorted(spec.devices)
         }
-    info["backends"] = backends
+    info["backends"] = backends  # of cosine_topk (kept for compatibility)
+    info["ops"] = {  # every op's backends
+        op: {
+            name: {dev: spec.why_unavailable(dev) or "available" for dev in sorted(spec.devices)}
+            for name, spec in _dispatch.registered(op).items()
+        }
+        for op in ("cosine_topk", "flow_similarity")
+    }
     return info

@@ -38,3 +38,33 @@ def topk_candidates(
 ) -> None: ...
 def device_name(device_index: int) -> str: ...
 def device_count() -> int: ...
+def flow_sim_workspace_bytes(n: int, t: int, h: int, w: int, affine: bool = False) -> int: ...
+def flow_similarity(
+    gen: int,
+    g_stride_t: int,
+    g_stride_h: int,
+    g_stride_w: int,
+    g_stride_c: int,
+    g_dtype: int,
+    cands: int,
+    c_stride_n: int,
+    c_stride_t: int,
+    c_stride_h: int,
+    c_stride_w: int,
+    c_stride_c: int,
+    c_dtype: int,
+    n: int,
+    t: int,
+    h: int,
+    w: int,
+    mu_min: float,
+    gen_affine: int,
+    cand_affine: int,
+    pair: int,
+    gen_field: int,
+    cand_field: int,
+    workspace: int,
+    workspace_bytes: int,
+    stream: int = 0,
+) -> None: ...
+def flow_sim_plan(n: int, t: int, h: int, w: int, affine: bool = False) -> dict[str, int]: ...

@@ -56,6 +56,35 @@ def _sampling(p: argparse.ArgumentParser, what: str) -> None:
     g.add_argument("--fps", type=_positive_float, help=f"sample {what}s at F frames per second")
 
 
+def _motion_options(p: argparse.ArgumentParser) -> None:
+    """OFS-k / NMF and flow options (defaults: methods.md §1.4's reconstruction)."""
+    g = p.add_argument_group("motion (OFS-k with natural-motion filtering)")
+    g.add_argument("--stride", type=_positive, default=1, help="flow frame stride k")
+    g.add_argument("--flow-frames", type=_positive, default=16,
+                   help="frames per video for flow (uniform resampling)")  # fmt: skip
+    g.add_argument("--flow-method", choices=("dis", "farneback", "raft"), default="dis")
+    g.add_argument("--flow-preset", choices=("ultrafast", "fast", "medium"), default="medium")
+    g.add_argument("--raft-weights", metavar="PATH", help="local RAFT weights (--flow-method raft)")
+    g.add_argument("--max-offset", type=int, default=0, help="temporal offsets searched (±)")
+    g.add_argument("--camera-filter", choices=("exclude", "residual", "off"), default="exclude",
+                   help="NMF (b): drop generic camera motion, or score the residual flow")  # fmt: skip
+    g.add_argument("--tau-motion", type=float, default=0.8, help="OFS threshold (default 0.8)")
+
+
+def _motion_from(args: argparse.Namespace) -> tuple[Any, Any]:
+    from memlens.engine.motion import FlowOptions
+    from memlens.metrics.motion import MotionSettings
+
+    if args.max_offset < 0:
+        raise ValueError(f"--max-offset must be >= 0; got {args.max_offset}")
+    settings = MotionSettings(camera_filter=args.camera_filter, tau=args.tau_motion,
+                              max_offset=args.max_offset)  # fmt: skip
+    flow = FlowOptions(frames=args.flow_frames, stride=args.stride, method=args.flow_method,
+                       preset=args.flow_preset, raft_weights=args.raft_weights,
+                       threads=args.threads)  # fmt: skip
+    return settings, flow
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="memlens", description="Measure memorization in diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -94,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="frames searched together (results are written per batch)")  # fmt: skip
     scan.add_argument("--resume", action="store_true", help="continue an interrupted scan")
     scan.add_argument("--threads", type=_positive, help="embedder threads (default: all cores)")
+    scan.add_argument("--motion", action="store_true",
+                      help="also score motion (OFS-k + NMF) against the content neighbours")  # fmt: skip
+    scan.add_argument("--motion-candidates", type=_positive, default=50,
+                      help="content top-K training videos scored for motion")  # fmt: skip
+    _motion_options(scan)
     scan.add_argument("--quiet", action="store_true", help="no progress bar")
 
     compare = sub.add_parser("compare", help="content similarity of one pair A (generated), B")
@@ -103,6 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--max-frames", type=_positive, default=256, help="frame cap per video")
     compare.add_argument("--threads", type=_positive, help="embedder threads")
     compare.add_argument("--json", action="store_true", help="print JSON")
+    compare.add_argument("--no-motion", action="store_true", help="content only")
+    _motion_options(compare)
 
     bench = sub.add_parser("bench", help="microbenchmarks against the best baselines, same run")
     bsub = bench.add_subparsers(dest="family", required=True)
@@ -113,6 +149,12 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--nq", type=_positive, help="number of queries")
     search.add_argument("--nr", type=_positive, nargs="+", help="reference set sizes")
     search.add_argument("--k", type=_positive, nargs="+", help="k values")
+    flow = bsub.add_parser("flow", help="flow_similarity vs torch eager and memory bandwidth")
+    flow.add_argument("--smoke", action="store_true", help="a small, quick configuration")
+    flow.add_argument("--json", metavar="PATH", help="write results and machine metadata here")
+    for name in ("n", "t", "h", "w"):
+        flow.add_argument(f"--{name}", type=_positive, help=f"size {name.upper()} override")
+    flow.add_argument("--dtypes", nargs="+", choices=["float32", "float16"])
     return p
 
 
@@ -140,7 +182,10 @@ def _scan(args: argparse.Namespace) -> int:
     if args.strict and args.tau is not None:
         raise ValueError("give either --tau or --strict, not both")
     tau = TAU_STRICT if args.strict else (TAU_DEFAULT if args.tau is None else args.tau)
+    motion, flow = _motion_from(args)
     settings = ScanSettings(tau=tau, agg=args.agg, frames=args.frames, fps=args.fps,
+                            motion=args.motion, motion_settings=motion, flow=flow,
+                            motion_candidates=args.motion_candidates,
                             max_frames=args.max_frames, precision=args.precision,
                             batch_frames=args.batch_frames)  # fmt: skip
     s = scan(args.sources, args.index, args.out, settings=settings, resume=args.resume,
@@ -149,13 +194,15 @@ def _scan(args: argparse.Namespace) -> int:
     report = render(args.out)
     split = ", ".join(f"{k} {v:.1f} s" for k, v in s.seconds.items())
     print(f"scan {args.out}: {s.items} inputs ({s.scored} scored, {s.skipped} already done, "
-          f"{s.errors} errors), {s.memorized} content-memorized at τ = {tau:g}; "
+          f"{s.errors} errors), {s.memorized} content-memorized at τ = {tau:g}"
+          f"{f', {s.motion_memorized} motion-memorized' if args.motion else ''}; "
           f"{s.frames_per_second:.1f} frames/s ({split}); report {report}")  # fmt: skip
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
     from memlens.embed import get_embedder
+    from memlens.engine.motion import compare_motion
     from memlens.metrics.content import gsscd, vsscd
     from memlens.video import read_media
 
@@ -171,12 +218,27 @@ def _compare(args: argparse.Namespace) -> int:
         "embedder": emb.spec.name,
         "frames": {"a": len(a), "b": len(b)},
     }
+    if not args.no_motion:
+        settings, flow = _motion_from(args)
+        if min(len(c.frames) for c in clips) < 2:
+            result["motion"] = {"ofs": 0.0, "ofs_mag": 0.0, "static": True,
+                                "camera_motion": False, "best_offset": 0}  # fmt: skip
+        else:
+            m, _, _ = compare_motion(clips[0].frames, clips[1].frames, settings, flow)
+            result["motion"] = {"ofs": m.ofs, "ofs_mag": m.ofs_mag, "static": m.static,
+                                "camera_motion": m.camera_motion, "best_offset": m.offset,
+                                "rho_gen": m.rho_gen, "rho_ref": m.rho_ref,
+                                "valid_fraction": m.valid_fraction}  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        c = result["content"]
-        print(f"content: gsscd_max {c['gsscd_max']:.4f}  gsscd_mean {c['gsscd_mean']:.4f}  "
-              f"vsscd {c['vsscd']:.4f}  ({emb.spec.name}; {len(a)} vs {len(b)} frames)")  # fmt: skip
+        return 0
+    c = result["content"]
+    print(f"content: gsscd_max {c['gsscd_max']:.4f}  gsscd_mean {c['gsscd_mean']:.4f}  "
+          f"vsscd {c['vsscd']:.4f}  ({emb.spec.name}; {len(a)} vs {len(b)} frames)")  # fmt: skip
+    if "motion" in result:
+        mo = result["motion"]
+        print(f"motion: ofs {mo['ofs']:.4f}  ofs_mag {mo['ofs_mag']:.4f}  static {mo['static']}  "
+              f"camera_motion {mo['camera_motion']}  best_offset {mo['best_offset']}")  # fmt: skip
     return 0
 
 
@@ -202,6 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             sizes = {"d": args.d, "nq": args.nq, "nr": args.nr, "k": args.k}
             search.run(smoke=args.smoke, json_path=args.json, overrides=sizes)
+            return 0
+        if args.command == "bench" and args.family == "flow":
+            from memlens.bench import flow as flow_bench
+
+            sizes = {k: getattr(args, k) for k in ("n", "t", "h", "w", "dtypes")}
+            flow_bench.run(smoke=args.smoke, json_path=args.json, overrides=sizes)
             return 0
     except (ValueError, TypeError, OSError, ModelUnavailableError, BackendUnavailableError) as e:
         print("memlens: error: " + " ".join(str(e).split()), file=sys.stderr)

@@ -116,6 +116,38 @@ def zoom_clip(
     return _render_all(photo, windows(), (width, height), t)
 
 
+def sprite_clip(
+    background: np.ndarray,
+    sprite: np.ndarray,
+    trajectory: Sequence[tuple[float, float]],
+    *,
+    size: tuple[int, int] = (160, 120),
+    sprite_size: tuple[int, int] = (40, 40),
+) -> np.ndarray:
+    """Local object motion: a ``sprite_size`` (w, h) patch of ``sprite`` pasted over a still
+    ``background`` (both photos, resized to fit) at each (x, y) of ``trajectory`` (top-left
+    corner, output pixels; sub-pixel positions are rendered by bilinear warping). One frame per
+    position: (len(trajectory), H, W, 3) uint8. The same trajectory with another sprite and
+    background has the same motion and unrelated content."""
+    width, height = _check_size(size)
+    sw, sh = _check_size(sprite_size)
+    if sw > width or sh > height:
+        raise ValueError(f"sprite_size {sprite_size} must fit in size {size}")
+    if len(trajectory) < 1:
+        raise ValueError("trajectory must have at least one position")
+    bg = cv2.resize(_check_image(background), (width, height), interpolation=cv2.INTER_AREA)
+    patch = cv2.resize(_check_image(sprite), (sw, sh), interpolation=cv2.INTER_AREA)
+    mask = np.ones((sh, sw), np.float32)
+    out = np.empty((len(trajectory), height, width, 3), np.uint8)
+    for n, pos in enumerate(trajectory):
+        x, y = _finite_pair(f"trajectory[{n}]", pos)
+        shift = np.array([[1, 0, x], [0, 1, y]], dtype=np.float32)
+        warped = cv2.warpAffine(patch, shift, (width, height), flags=cv2.INTER_LINEAR)
+        alpha = cv2.warpAffine(mask, shift, (width, height), flags=cv2.INTER_LINEAR)[..., None]
+        out[n] = np.clip(bg * (1 - alpha) + warped * alpha + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
 def write_video(
     path: str | os.PathLike[str],
     frames: np.ndarray,

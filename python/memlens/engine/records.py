@@ -47,6 +47,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def read_results(path: Path) -> list[dict[str, Any]]:
     """Rows of a results.jsonl; a torn final line is removed from the file."""
     if not path.exists():

@@ -9,7 +9,7 @@ have a record. Inputs are decoded and embedded one by one and searched in batche
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -18,11 +18,19 @@ import numpy as np
 
 from memlens.embed import Embedder, EmbedderSpec, get_embedder
 from memlens.engine.media import read_for_batch
+from memlens.engine.motion import (
+    CANDIDATES,
+    FlowOptions,
+    MotionScorer,
+    flow_image_name,
+    motion_record,
+)
 from memlens.engine.progress import Progress
 from memlens.engine.records import (
     PARQUET,
     RESULTS,
     ResultWriter,
+    atomic_write_bytes,
     read_results,
     write_parquet,
     write_run_json,
@@ -30,7 +38,11 @@ from memlens.engine.records import (
 from memlens.errors import EmbedderMismatchError, MediaError
 from memlens.index import ReferenceIndex
 from memlens.metrics.content import TAU_DEFAULT, Aggregation, ContentMatch, content_scores
-from memlens.video import list_media
+from memlens.metrics.motion import MotionSettings
+from memlens.video import list_media, read_media
+from memlens.video.flowviz import flow_pair_png
+
+FLOWS = "flows"
 
 
 @dataclass
@@ -48,6 +60,10 @@ class ScanSettings:
     # one search pass serves a whole batch; the exact search is ~1.25x faster per query at
     # 2048 queries than at 384 (benchmarks/README.md), and a crash loses at most one batch
     batch_frames: int = 2048
+    motion: bool = False  # also score motion (OFS-k + NMF) against the content neighbours
+    motion_settings: MotionSettings = field(default_factory=MotionSettings)
+    flow: FlowOptions = field(default_factory=FlowOptions)
+    motion_candidates: int = CANDIDATES
 
 
 @dataclass
@@ -59,8 +75,9 @@ class ScanSummary:
     memorized: int = 0
     frames: int = 0
     seconds: dict[str, float] = field(
-        default_factory=lambda: dict.fromkeys(("decode", "embed", "search", "write"), 0.0)
+        default_factory=lambda: dict.fromkeys(("decode", "embed", "search", "motion", "write"), 0.0)
     )
+    motion_memorized: int = 0
 
     @property
     def frames_per_second(self) -> float:
@@ -138,6 +155,30 @@ def _record(index: ReferenceIndex, p: _Pending, m: ContentMatch, s: ScanSettings
     }
 
 
+def _motion(
+    scorer: MotionScorer, index: ReferenceIndex, p: _Pending, m: ContentMatch, run: Path
+) -> dict[str, Any]:
+    """Motion columns of one record; a decode failure becomes ``motion_error``, not a crash.
+    The best pair's flows are saved as a picture for the report (``flows/``)."""
+    try:
+        frames = read_media(p.source, frames=scorer.opts.frames).frames
+        result = scorer.score(frames, m.neighbours)
+    except (MediaError, ValueError) as e:
+        return {"motion_memorized": None, "motion_error": str(e)}
+    rec = motion_record(result, index)
+    if result.errors:
+        rec["motion_error"] = "; ".join(result.errors)
+    if result.best_flow is not None:
+        mid = len(result.gen_flow) // 2
+        name = flow_image_name(p.item_id)
+        (run / FLOWS).mkdir(exist_ok=True)
+        atomic_write_bytes(
+            run / FLOWS / name, flow_pair_png(result.gen_flow[mid], result.best_flow[mid])
+        )
+        rec["motion_flow_image"] = f"{FLOWS}/{name}"
+    return rec
+
+
 def scan(
     sources: Sequence[str | Path],
     index_path: str | Path,
@@ -163,8 +204,13 @@ def scan(
     if run.exists() and any(run.iterdir()) and not resume:
         raise FileExistsError(f"{run} exists and is not empty; pass --resume to continue that run")
     run.mkdir(parents=True, exist_ok=True)
-    write_run_json(run, command, {**s.__dict__, "index": str(index_path),
+    write_run_json(run, command, {**asdict(s), "index": str(index_path),
                                   "embedder": emb.spec.to_json()})  # fmt: skip
+    scorer = (
+        MotionScorer(index, s.motion_settings, s.flow, candidates=s.motion_candidates)
+        if s.motion
+        else None
+    )
     done = {r["item"] for r in read_results(run / RESULTS)}
     summary = ScanSummary(items=len(media))
     bar = Progress(len(media), "scan", enabled=progress)
@@ -177,13 +223,20 @@ def scan(
             t0 = perf_counter()
             matches = content_scores(index, [p.embeddings for p in batch], precision=s.precision)
             t1 = perf_counter()
+            motion_seconds = 0.0
             for p, m in zip(batch, matches, strict=True):
                 rec = _record(index, p, m, s)
+                if scorer is not None:
+                    t2 = perf_counter()
+                    rec.update(_motion(scorer, index, p, m, run))
+                    summary.motion_memorized += bool(rec.get("motion_memorized"))
+                    motion_seconds += perf_counter() - t2
                 writer.write(rec)
                 summary.memorized += rec["content_memorized"]
                 summary.scored += 1
             summary.seconds["search"] += t1 - t0
-            summary.seconds["write"] += perf_counter() - t1
+            summary.seconds["motion"] += motion_seconds
+            summary.seconds["write"] += perf_counter() - t1 - motion_seconds
             bar.update(len(batch), frames=sum(len(p.frame_indices) for p in batch))
             batch.clear()
 

@@ -91,6 +91,51 @@ def histogram_svg(values: list[float], tau: float, *, bins: int = 40, width: int
     )
 
 
+def _png(run: Path, rel: object) -> str:
+    """A data: URI of a PNG inside the run directory ('' if absent or outside it)."""
+    if not isinstance(rel, str):
+        return ""
+    path = (run / rel).resolve()
+    if run.resolve() not in path.parents or not path.is_file():
+        return ""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _motion_section(run: Path, ok: list[dict[str, Any]], top: int) -> list[str]:
+    scored = [r for r in ok if isinstance(r.get("motion_ofs"), (int, float))]
+    if not scored:
+        return []
+    moving = [r for r in scored if not r.get("motion_static")]
+    n_mem = sum(bool(r.get("motion_memorized")) for r in scored)
+    out = [
+        "<h2>Motion (OFS-k with natural-motion filtering)</h2>",
+        (
+            f"<p>{len(scored)} scored for motion: <span class='mem'>{n_mem}</span> motion-memorized, "
+            f"{len(scored) - len(moving)} static, "
+            f"{sum(bool(r.get('motion_camera')) for r in moving)} generic camera motion.</p>"
+        ),
+        histogram_svg([float(r["motion_ofs"]) for r in moving], 0.8, label="motion_ofs"),
+        (
+            "<table><tr><th>generated</th><th>best motion match</th>"
+            "<th>flow (generated | training)</th><th class='num'>OFS</th>"
+            "<th class='num'>OFS mag</th><th>camera</th><th class='num'>z</th></tr>"
+        ),
+    ]
+    for r in sorted(moving, key=lambda r: -float(r["motion_ofs"]))[:top]:
+        cls = " class='mem'" if r.get("motion_memorized") else ""
+        z = r.get("motion_z")
+        out.append(
+            f"<tr><td>{_e(r['item'])}</td><td>{_e(r.get('motion_best_item'))}</td>"
+            f"<td class='pair'>{_img(_png(run, r.get('motion_flow_image')), 'flow')}</td>"
+            f"<td class='num'><span{cls}>{float(r['motion_ofs']):.3f}</span></td>"
+            f"<td class='num'>{float(r['motion_ofs_mag']):.3f}</td>"
+            f"<td>{'yes' if r.get('motion_camera') else 'no'}</td>"
+            f"<td class='num'>{'' if z is None else f'{float(z):.1f}'}</td></tr>"
+        )
+    out.append("</table>")
+    return out
+
+
 def render(run_dir: str | Path, *, top: int = 24) -> Path:
     """Write ``run_dir/report.html`` from the run's results and return its path."""
     run = Path(run_dir)
@@ -142,6 +187,7 @@ def render(run_dir: str | Path, *, top: int = 24) -> Path:
             f"{float(r['content_mean']):.3f}</td><td class='num'>{float(r['vsscd']):.3f}</td></tr>"
         )
     parts.append("</table>")
+    parts += _motion_section(run, ok, top)
     if bad:
         parts.append("<h2>Errors</h2><table><tr><th>input</th><th>error</th></tr>")
         parts += [
