@@ -30,3 +30,39 @@ namespace detail {
 
 // After a kernel launch: configuration errors are reported by cudaGetLastError.
 #define MEMLENS_CUDA_CHECK_LAUNCH(name) MEMLENS_CUDA_CHECK(cudaGetLastError())
+
+namespace memlens {
+namespace cuda {
+namespace detail {
+
+// Device that owns `p`; host memory unknown to CUDA is an error naming the argument.
+inline int device_of(const void* p, const char* name) {
+  cudaPointerAttributes at{};
+  MEMLENS_CUDA_CHECK(cudaPointerGetAttributes(&at, p));
+  if (at.type != cudaMemoryTypeDevice && at.type != cudaMemoryTypeManaged)
+    throw std::invalid_argument(std::string(name) + " is not a CUDA device pointer");
+  return at.device;
+}
+
+// Makes `device` current for a scope and restores the caller's device afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    MEMLENS_CUDA_CHECK(cudaGetDevice(&prev_));
+    if (prev_ != device) MEMLENS_CUDA_CHECK(cudaSetDevice(device));
+    changed_ = prev_ != device;
+  }
+  ~DeviceGuard() {
+    if (changed_) cudaSetDevice(prev_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = 0;
+  bool changed_ = false;
+};
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace memlens

@@ -447,31 +447,8 @@ double sq_threshold(double mu) {
   return s;
 }
 
-int device_of(const void* p, const char* name) {
-  cudaPointerAttributes at{};
-  MEMLENS_CUDA_CHECK(cudaPointerGetAttributes(&at, p));
-  if (at.type != cudaMemoryTypeDevice && at.type != cudaMemoryTypeManaged)
-    throw std::invalid_argument(std::string(name) + " is not a CUDA device pointer");
-  return at.device;
-}
-
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    MEMLENS_CUDA_CHECK(cudaGetDevice(&prev_));
-    if (prev_ != device) MEMLENS_CUDA_CHECK(cudaSetDevice(device));
-    changed_ = prev_ != device;
-  }
-  ~DeviceGuard() {
-    if (changed_) cudaSetDevice(prev_);
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int prev_ = 0;
-  bool changed_ = false;
-};
+using detail::device_of;
+using detail::DeviceGuard;
 
 // (dx, dy) packed as pairs with packed rows and 2-element aligned frames: one float2 / half2
 // per pixel at offset 2p.

@@ -142,33 +142,6 @@ void check_dtype(DType dt) {
                                 str(c));
 }
 
-// Device that owns `p` (or -1 for host memory unknown to CUDA).
-int device_of(const void* p, const char* name) {
-  cudaPointerAttributes at{};
-  MEMLENS_CUDA_CHECK(cudaPointerGetAttributes(&at, p));
-  if (at.type != cudaMemoryTypeDevice && at.type != cudaMemoryTypeManaged)
-    throw std::invalid_argument(std::string(name) + " is not a CUDA device pointer");
-  return at.device;
-}
-
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    MEMLENS_CUDA_CHECK(cudaGetDevice(&prev_));
-    if (prev_ != device) MEMLENS_CUDA_CHECK(cudaSetDevice(device));
-    changed_ = prev_ != device;
-  }
-  ~DeviceGuard() {
-    if (changed_) cudaSetDevice(prev_);
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int prev_ = 0;
-  bool changed_ = false;
-};
-
 template <typename T>
 T* at(void* ws, size_t off) {
   return reinterpret_cast<T*>(static_cast<unsigned char*>(ws) + off);
