@@ -21,7 +21,6 @@ import argparse
 import importlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -32,9 +31,15 @@ from typing import Any
 
 import torch
 
+from memlens.bench.timing import timed as _timed
+
 ROOT = Path(__file__).resolve().parents[1]
 FAILURES: list[str] = []
 RESULTS: list[dict[str, Any]] = []
+
+
+def timed(fn: Callable[[], object], dev: str, reps: int) -> float:
+    return _timed(fn, dev, reps, warmups=2)  # compile, then the allocator's first use
 
 
 def emit(**kw: Any) -> None:
@@ -120,31 +125,6 @@ def run_pytest(small: bool) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def sync(dev: str) -> None:
-    if dev == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable[[], object], dev: str, reps: int) -> float:
-    fn()  # warm-up (compilation, allocator)
-    fn()
-    sync(dev)
-    times = []
-    for _ in range(reps):
-        if dev == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def flows(n: int, t: int, h: int, w: int, dev: str, seed: int) -> tuple[torch.Tensor, ...]:

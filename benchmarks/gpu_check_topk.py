@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import torch
+
+from memlens.bench.timing import timed
 
 try:
     from memlens.kernels import topk as tk
@@ -40,30 +40,6 @@ def check(ok: bool, what: str) -> None:
     emit(check=what, ok=bool(ok))
     if not ok:
         FAILURES.append(what)
-
-
-def sync(dev: str) -> None:
-    if dev == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable[[], object], dev: str, reps: int) -> float:
-    fn()  # warm-up (compilation)
-    sync(dev)
-    times = []
-    for _ in range(reps):
-        if dev == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def exact64(q: torch.Tensor, r: torch.Tensor, normalize: bool) -> torch.Tensor:
