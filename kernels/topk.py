@@ -83,7 +83,7 @@ where the norms are measured in fp64 (pre-pass for refs, torch for queries) and 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -101,6 +101,9 @@ _NEG_KEY: tl.constexpr = tl.constexpr(-(2**63) + 1)
 _MIN_VALID_KEY: tl.constexpr = tl.constexpr(-(2**63) + 2**32)
 _NEVER_HITS = 1 << 30  # sort_min_hits value: never use the bitonic network
 _NEVER: tl.constexpr = tl.constexpr(_NEVER_HITS)
+# Triton 3.6 crashes (TritonGPURemoveLayoutConversions, sm_90) on the kernel with the hybrid
+# merge (both merges in one loop); 3.9 compiles it. Older compilers get the one-at-a-time merge.
+_HYBRID_COMPILES = tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 7)
 _MAX_ROWS = 2**32 - 1  # indices are stored in 32 bits of the packed key
 
 _MODE = {"exact": 0, "bf16": 1, "int8": 2}
@@ -233,6 +236,8 @@ def _query_operand(q, MODE: tl.constexpr, DOT_LOWP: tl.constexpr):
 def _dot(a, b, acc, MODE: tl.constexpr, DOT_LOWP: tl.constexpr):
     if MODE == 0 or (MODE == 1 and not DOT_LOWP):
         acc = tl.dot(a, b, acc, input_precision="ieee")
+    elif MODE == 2 and DOT_LOWP:
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)  # named: Triton < 3.7 does not infer it
     else:
         acc = tl.dot(a, b, acc)
     return acc
@@ -667,6 +672,8 @@ def _fused(
     kp = _next_pow2(k)
     interp = _interpreting(dev)
     cfg = config or _pick_config(p.mode, kp, d, interp, fused=True)
+    if not interp and 0 < cfg.sort_min_hits < _NEVER_HITS and not _HYBRID_COMPILES:
+        cfg = replace(cfg, sort_min_hits=_NEVER_HITS)
     block_r = max(cfg.block_r, kp)
     n_rt = triton.cdiv(nr, block_r)
     if splits is None:

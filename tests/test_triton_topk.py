@@ -175,15 +175,16 @@ def test_merge_strategies_and_operand_order_agree(mode: str, order: str) -> None
     """The bitonic-network merge, the one-at-a-time merge, the hybrid, and the refs-as-A
     operand order all give the same answer, also when every tile improves the list
     (refs sorted by ascending score) or none does (descending)."""
-    nq, nr, d, k = 2, 200, 24, 20
+    nq, nr, d, k = 2, 200, 40, 20
     q = queries(nq, d, seed=60)
     r = gen(nr, d, seed=61)
     perm = torch.argsort(exact_scores(q, r, True)[0], descending=order == "descending")
     if order != "random":
         r = r[perm.to(r.device)].contiguous()
     configs = [
-        tk._Config(16, 32, 16, 1, 1, refs_as_a=False, sort_min_hits=0),
-        tk._Config(16, 32, 16, 1, 1, refs_as_a=False, sort_min_hits=1 << 30),
+        # BLOCK_D = 32 < d: two steps over d; 32 is also the least K of an int8 tensor-core dot
+        tk._Config(16, 32, 32, 1, 1, refs_as_a=False, sort_min_hits=0),
+        tk._Config(16, 32, 32, 1, 1, refs_as_a=False, sort_min_hits=1 << 30),
         tk._Config(16, 64, 32, 1, 1, refs_as_a=True, sort_min_hits=4),
     ]
     outs = []
