@@ -24,4 +24,12 @@ inline RowMatrix make_refs(std::uintptr_t ptr, int64_t rows, int64_t cols, int64
   return m;
 }
 
+// A float element type code (0 f32, 1 f16, 2 bf16), naming the argument on error.
+inline DType float_dtype(int code, const char* name) {
+  if (code < 0 || code > 2)
+    throw std::invalid_argument(std::string(name) + " code must be 0 (f32), 1 (f16) or 2 (bf16); got " +
+                                std::to_string(code));
+  return static_cast<DType>(code);
+}
+
 }  // namespace memlens::bindings

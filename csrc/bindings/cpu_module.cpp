@@ -12,6 +12,7 @@
 #endif
 
 #include "memlens/flow_sim.h"
+#include "memlens/inversion.h"
 #include "memlens/topk.h"
 
 #include "args.h"
@@ -139,6 +140,70 @@ PYBIND11_MODULE(_C, m) {
       py::arg("out_cand_field"), py::arg("num_threads"), py::arg("simd"), py::arg("block_pixels") = 0,
       "Flow-field similarity statistics (memlens/flow_sim.h); pointers are ints, strides in elements, "
       "affine pointers 0 for none.");
+
+  // ---- fused inversion step (memlens/inversion.h); pointers are ints, 0 for null
+  m.def(
+      "inversion_sample",
+      [](std::uintptr_t mu, std::uintptr_t logvar, std::uintptr_t x0, std::uintptr_t a, std::uintptr_t s,
+         int64_t n, int64_t b, int64_t d, uint64_t seed, uint32_t step, std::uintptr_t xt, int xt_dtype,
+         int num_threads, int simd) {
+        const CpuOptions cpu = make_options(num_threads, simd);
+        const DType dt = bindings::float_dtype(xt_dtype, "xt_dtype");
+        py::gil_scoped_release release;
+        inversion_sample(reinterpret_cast<const float*>(mu), reinterpret_cast<const float*>(logvar),
+                         reinterpret_cast<const float*>(x0), reinterpret_cast<const float*>(a),
+                         reinterpret_cast<const float*>(s), InvShape{n, b, d}, InvNoise{seed, step},
+                         reinterpret_cast<void*>(xt), dt, cpu.num_threads, cpu.simd);
+      },
+      py::arg("mu"), py::arg("logvar"), py::arg("x0"), py::arg("a"), py::arg("s"), py::arg("n"), py::arg("b"),
+      py::arg("d"), py::arg("seed"), py::arg("step"), py::arg("xt"), py::arg("xt_dtype"), py::arg("num_threads"),
+      py::arg("simd"));
+  m.def(
+      "inversion_loss",
+      [](std::uintptr_t xt, std::uintptr_t eps_hat, int dt, std::uintptr_t x0, std::uintptr_t a, std::uintptr_t s,
+         int64_t n, int64_t b, int64_t d, std::uintptr_t sse, std::uintptr_t g_eps, int num_threads, int simd) {
+        const CpuOptions cpu = make_options(num_threads, simd);
+        const DType t = bindings::float_dtype(dt, "dtype");
+        py::gil_scoped_release release;
+        inversion_loss(reinterpret_cast<const void*>(xt), reinterpret_cast<const void*>(eps_hat), t,
+                       reinterpret_cast<const float*>(x0), reinterpret_cast<const float*>(a),
+                       reinterpret_cast<const float*>(s), InvShape{n, b, d}, reinterpret_cast<double*>(sse),
+                       reinterpret_cast<float*>(g_eps), cpu.num_threads, cpu.simd);
+      },
+      py::arg("xt"), py::arg("eps_hat"), py::arg("dtype"), py::arg("x0"), py::arg("a"), py::arg("s"), py::arg("n"),
+      py::arg("b"), py::arg("d"), py::arg("sse"), py::arg("g_eps"), py::arg("num_threads"), py::arg("simd"));
+  m.def(
+      "inversion_update",
+      [](std::uintptr_t mu, std::uintptr_t logvar, std::uintptr_t m_mu, std::uintptr_t v_mu, std::uintptr_t m_lv,
+         std::uintptr_t v_lv, std::uintptr_t x0, std::uintptr_t g_eps, std::uintptr_t g_model, int gm_dtype,
+         std::uintptr_t s, std::uintptr_t w, int64_t n, int64_t b, int64_t d, uint64_t seed, uint32_t step,
+         float lr, float beta1, float beta2, float eps, int64_t t, std::uintptr_t grad_mu, std::uintptr_t grad_logvar,
+         std::uintptr_t xt_next, std::uintptr_t a_next, std::uintptr_t s_next, uint64_t next_seed,
+         uint32_t next_step, int num_threads, int simd) {
+        const CpuOptions cpu = make_options(num_threads, simd);
+        const DType gdt = bindings::float_dtype(gm_dtype, "gm_dtype");
+        InvParams p{reinterpret_cast<float*>(mu), reinterpret_cast<float*>(logvar), reinterpret_cast<float*>(m_mu),
+                    reinterpret_cast<float*>(v_mu), reinterpret_cast<float*>(m_lv), reinterpret_cast<float*>(v_lv)};
+        InvUpdateOut out;
+        out.grad_mu = reinterpret_cast<float*>(grad_mu);
+        out.grad_logvar = reinterpret_cast<float*>(grad_logvar);
+        out.xt_next = reinterpret_cast<void*>(xt_next);
+        out.xt_dtype = gdt;
+        out.a_next = reinterpret_cast<const float*>(a_next);
+        out.s_next = reinterpret_cast<const float*>(s_next);
+        out.next_noise = InvNoise{next_seed, next_step};
+        py::gil_scoped_release release;
+        inversion_update(p, reinterpret_cast<const float*>(x0), reinterpret_cast<const float*>(g_eps),
+                         reinterpret_cast<const void*>(g_model), gdt, reinterpret_cast<const float*>(s),
+                         reinterpret_cast<const float*>(w), InvShape{n, b, d}, InvNoise{seed, step},
+                         InvAdam{lr, beta1, beta2, eps, t}, out, cpu.num_threads, cpu.simd);
+      },
+      py::arg("mu"), py::arg("logvar"), py::arg("m_mu"), py::arg("v_mu"), py::arg("m_lv"), py::arg("v_lv"),
+      py::arg("x0"), py::arg("g_eps"), py::arg("g_model"), py::arg("gm_dtype"), py::arg("s"), py::arg("w"),
+      py::arg("n"), py::arg("b"), py::arg("d"), py::arg("seed"), py::arg("step"), py::arg("lr"), py::arg("beta1"),
+      py::arg("beta2"), py::arg("eps"), py::arg("t"), py::arg("grad_mu"), py::arg("grad_logvar"),
+      py::arg("xt_next"), py::arg("a_next"), py::arg("s_next"), py::arg("next_seed"), py::arg("next_step"),
+      py::arg("num_threads"), py::arg("simd"));
 
   m.def("detect_simd", [] { return static_cast<int>(detect_simd()); },
         "Highest SIMD level this CPU supports (CPUID), capped by what was compiled.");
