@@ -3,7 +3,8 @@
 # GPU tests, then the GPU checks and benchmarks. Each step has its own time limit and writes its
 # log under $OUT, so a step that fails or runs long costs only itself.
 #
-#   bash benchmarks/gpu_session.sh [steps...]    # steps: build tests search flow topk inversion
+#   bash benchmarks/gpu_session.sh [steps...]
+#   steps: build tests search flow topk inversion topktests flowtests
 #
 # Steps default to all, in that order. Needs python3 with torch, triton, pybind11,
 # scikit-build-core, cmake and nvcc (the lent machine's image has them).
@@ -42,9 +43,15 @@ for s in "${steps[@]}"; do
       run flow 150 python3 benchmarks/gpu_check_flow.py --json "$OUT/flow-gpu.json" ;;
     topk)
       run topk 120 python3 benchmarks/gpu_check_topk.py --small ;;
+    topktests)
+      run topktests 200 python3 -m pytest -q -p no:cacheprovider -rf --tb=line -m "cuda or triton" \
+        tests/test_topk_cuda.py tests/test_cuda_backend.py tests/test_topk_triton.py tests/test_triton_topk.py ;;
+    flowtests)
+      run flowtests 200 python3 -m pytest -q -p no:cacheprovider -rf --tb=line -m "cuda or triton" \
+        tests/test_flow_sim_cuda.py tests/test_flow_sim_triton.py tests/test_flow_sim.py ;;
     inversion)
       [ -f benchmarks/gpu_check_inversion.py ] &&
-        run inversion 150 python3 benchmarks/gpu_check_inversion.py --json "$OUT/inversion-gpu.json" ;;
+        run inversion 200 python3 benchmarks/gpu_check_inversion.py --json "$OUT/inversion-gpu.json" ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac
 done

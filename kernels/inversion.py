@@ -1,3 +1,4 @@
+# mypy: disable-error-code="no-untyped-def"
 """Triton kernels of the fused InvMM inversion step (the ``triton`` backend).
 
 The same three passes as the C++ core (csrc/cpu/inversion_kernel.h) with the same generator
@@ -18,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-PHILOX_TAG = 0x6D6C6E73
+PHILOX_TAG = tl.constexpr(0x6D6C6E73)  # "mlns", the fourth counter word
 BLOCK = 1024
 
 
@@ -69,8 +70,7 @@ def _cos_2pi(u):
 def _exp(x):
     x = tl.minimum(tl.maximum(x, -87.0), 88.0)
     t = x * 1.44269504088896341
-    kf = tl.where(t >= 0.0, (t + 0.5).to(tl.int32).to(tl.float32),
-                  -((0.5 - t).to(tl.int32).to(tl.float32)))  # fmt: skip
+    kf = (t + tl.where(t < 0.0, -0.5, 0.5)).to(tl.int32).to(tl.float32)
     f = (x - kf * 0.693145751953125) - kf * 1.428606765330187e-06
     p = 1.0 + f * (1.0 + f * (0.5 + f * (0.16666667 + f * (4.1666668e-2
         + f * (8.3333338e-3 + f * 1.3888889e-3)))))  # fmt: skip
@@ -92,7 +92,8 @@ def _normal(L, step, k0, k1):
     return tl.sqrt(-2.0 * _log_pos(u1)) * _cos_2pi(u2)
 
 
-@triton.jit
+# seeds and steps take any value, 1 included: never specialized into the compiled kernel
+@triton.jit(do_not_specialize=["k0", "k1", "step"])
 def _sample_kernel(MU, LV, X0, A, S, OUT, B, D, k0, k1, step, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -130,7 +131,7 @@ def _loss_kernel(XT, EH, X0, A, S, PART, GE, B, D, n_blocks, inv_bd, BLOCK: tl.c
     tl.store(PART + row.to(tl.int64) * n_blocks + blk, tl.sum(e * e, axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["k0", "k1", "step", "step2"])
 def _update_kernel(
     MU, LV, MM, VM, ML, VL, X0, GE, GM, S, W, XN, A2, S2, GMU, GLV,
     B, D, k0, k1, step, step2, inv_d, lr_bc1, b1, b2, inv_bc2s, aeps,
@@ -156,10 +157,7 @@ def _update_kernel(
     mu = tl.load(MU + pofs, mask=mask, other=0.0)
     lv = tl.load(LV + pofs, mask=mask, other=0.0)
     sig = _exp(0.5 * lv)
-    if HAS_W:
-        wi = tl.load(W + i) * inv_d
-    else:
-        wi = 0.0
+    wi = tl.load(W + i) * inv_d if HAS_W else 0.0
     dmu = gmu + wi * mu
     dlv = 0.5 * sig * glv + 0.5 * wi * (sig * sig - 1.0)
     if GRAD_MODE:
@@ -199,7 +197,7 @@ def _block(d: int) -> int:
     return min(BLOCK, triton.next_power_of_2(max(d, 16)))
 
 
-def sample(mu, logvar, x0, a, s, seed: int, step: int, out: torch.Tensor) -> None:  # type: ignore[no-untyped-def]
+def sample(mu, logvar, x0, a, s, seed: int, step: int, out: torch.Tensor) -> None:
     n, b, d = out.shape
     if out.numel() == 0:
         return
@@ -210,23 +208,21 @@ def sample(mu, logvar, x0, a, s, seed: int, step: int, out: torch.Tensor) -> Non
     )
 
 
-def loss(xt, eps_hat, x0, a, s, sse: torch.Tensor, g_eps: torch.Tensor) -> None:  # type: ignore[no-untyped-def]
+def loss(xt, eps_hat, x0, a, s, g_eps: torch.Tensor) -> torch.Tensor:
+    """Returns the float32 per-program partial sums (N*B, blocks): one launch."""
     n, b, d = xt.shape
-    if n * b == 0:
-        return
-    if d == 0:
-        sse.zero_()
-        return
+    if n * b == 0 or d == 0:
+        return torch.zeros((n * b, 1), dtype=torch.float64, device=xt.device)
     blk = _block(d)
     nb = triton.cdiv(d, blk)
     part = torch.empty((n * b, nb), dtype=torch.float32, device=xt.device)
     _loss_kernel[(n * b, nb)](
         xt, eps_hat, x0, a, s, part, g_eps, b, d, nb, 1.0 / (b * d), BLOCK=blk, num_warps=4
     )
-    sse.copy_(part.double().sum(1).view(n, b))
+    return part
 
 
-def _launch_update(mu, logvar, moments, x0, ge, gm, s, w, nxt, grads_out, seed, step, adam, t):  # type: ignore[no-untyped-def]
+def _launch_update(mu, logvar, moments, x0, ge, gm, s, w, nxt, grads_out, seed, step, adam, t):
     n, b, d = gm.shape
     if n == 0 or d == 0:
         return
@@ -248,13 +244,13 @@ def _launch_update(mu, logvar, moments, x0, ge, gm, s, w, nxt, grads_out, seed, 
     )  # fmt: skip
 
 
-def update(state, g_eps, g_model, s, w, adam, x0, nxt) -> None:  # type: ignore[no-untyped-def]
+def update(state, g_eps, g_model, s, w, adam, x0, nxt) -> None:
     moments = (state.m_mu, state.v_mu, state.m_lv, state.v_lv)
     _launch_update(state.mu, state.logvar, moments, x0, g_eps, g_model, s, w, nxt, None,
                    state.seed, state.noise_step, adam, state.adam_t)  # fmt: skip
 
 
-def grads(mu, logvar, g_xt, s, seed: int, step: int, gmu, glv) -> None:  # type: ignore[no-untyped-def]
+def grads(mu, logvar, g_xt, s, seed: int, step: int, gmu, glv) -> None:
     from memlens.reference.inversion import AdamSettings
 
     _launch_update(mu, logvar, None, None, None, g_xt, s, None, None, (gmu, glv), seed, step,

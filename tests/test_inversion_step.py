@@ -26,7 +26,9 @@ def _backends() -> list[pytest.param]:  # type: ignore[valid-type]
             marks.append(pytest.mark.cuda)
         spec = _dispatch.registered(inv.OP)[name]
         dev = "cuda" if name == "cuda" else DEVICE
-        reason = spec.why_unavailable(dev) if dev in spec.devices else f"{name} does not run on {dev}"
+        reason = (
+            spec.why_unavailable(dev) if dev in spec.devices else f"{name} does not run on {dev}"
+        )
         if name == "triton" and DEVICE == "cpu" and not INTERP:
             reason = "Triton needs a GPU or TRITON_INTERPRET=1"
         if name == "cpu" and DEVICE == "cuda":
@@ -91,7 +93,9 @@ def test_reference_normals_are_standard_and_independent() -> None:
 @pytest.mark.parametrize(
     ("n", "b", "shape"), [(1, 1, (1,)), (2, 3, (5, 7)), (3, 2, (4, 33, 17)), (1, 5, (2049,))]
 )
-def test_sample_loss_update_match_reference(backend: str, n: int, b: int, shape: tuple[int, ...]) -> None:
+def test_sample_loss_update_match_reference(
+    backend: str, n: int, b: int, shape: tuple[int, ...]
+) -> None:
     if backend == "triton" and INTERP and math.prod(shape) > 600:
         pytest.skip("kept small under the interpreter")
     dev = _dev(backend)
@@ -99,14 +103,17 @@ def test_sample_loss_update_match_reference(backend: str, n: int, b: int, shape:
     d = math.prod(shape)
     xt = inv.sample_xt(st, x0, a, s, backend=backend)
     want = ref.sample_xt(st.mu, st.logvar, x0.reshape(n, d), a, s, st.seed, 0)
-    assert xt.shape == (n, b, *shape) and xt.dtype == torch.float32
+    assert xt.shape == (n, b, *shape)
+    assert xt.dtype == torch.float32
     torch.testing.assert_close(xt.reshape(n, b, d).double(), want, atol=2e-6, rtol=2e-6)
 
     eh = torch.randn((n, b, *shape), generator=g).to(dev)
     sse, g_eps = inv.x0_loss(xt, eh, x0, a, s, backend=backend)
     w_sse, w_g = ref.x0_loss(xt.reshape(n, b, d), eh.reshape(n, b, d), x0.reshape(n, d), a, s)
     torch.testing.assert_close(sse, w_sse, rtol=1e-5, atol=0)
-    torch.testing.assert_close(g_eps.reshape(n, b, d).double(), w_g, rtol=1e-5, atol=1e-7 * float(w_g.abs().max()))
+    torch.testing.assert_close(
+        g_eps.reshape(n, b, d).double(), w_g, rtol=1e-5, atol=1e-7 * float(w_g.abs().max())
+    )
 
     gm = torch.randn((n, b, *shape), generator=g).to(dev)
     w = torch.rand(n, generator=g).to(dev) * 3
@@ -116,10 +123,15 @@ def test_sample_loss_update_match_reference(backend: str, n: int, b: int, shape:
     moments = [t.clone() for t in (st.m_mu, st.v_mu, st.m_lv, st.v_lv)]
     st.adam_t = 4  # update() takes step 5
     xn = inv.update(st, g_eps, gm, s, w, x0=x0, next_coefs=(a, s), backend=backend)
-    want_u = ref.update(*before, moments, d, w_g, gm.reshape(n, b, d), s, w, st.seed, 0, 5, ref.AdamSettings())  # type: ignore[arg-type]
-    for got, exp in zip((st.mu, st.logvar, st.m_mu, st.v_mu, st.m_lv, st.v_lv), want_u[:6], strict=True):
+    want_u = ref.update(
+        *before, moments, d, w_g, gm.reshape(n, b, d), s, w, st.seed, 0, 5, ref.AdamSettings()
+    )  # type: ignore[arg-type]
+    for got, exp in zip(
+        (st.mu, st.logvar, st.m_mu, st.v_mu, st.m_lv, st.v_lv), want_u[:6], strict=True
+    ):
         torch.testing.assert_close(got.double(), exp, rtol=1e-5, atol=1e-6)
-    assert st.adam_t == 5 and st.noise_step == 1
+    assert st.adam_t == 5
+    assert st.noise_step == 1
     assert xn is not None
     want_x = ref.sample_xt(st.mu, st.logvar, x0.reshape(n, d), a, s, st.seed, 1)
     torch.testing.assert_close(xn.reshape(n, b, d).double(), want_x, atol=3e-6, rtol=3e-6)
@@ -141,11 +153,12 @@ def test_reduced_precision_model_tensors(backend: str, dtype: torch.dtype) -> No
     torch.testing.assert_close(xt.reshape(n, b, d).float(), want.float(), rtol=ulp, atol=1e-4)
     eh = torch.randn((n, b, *shape), generator=g).to(dev).to(dtype)
     sse, g_eps = inv.x0_loss(xt, eh, x0, a, s, backend=backend)
-    w_sse, w_g = ref.x0_loss(xt.reshape(n, b, d), eh.reshape(n, b, d), x0.reshape(n, d), a, s)
+    w_sse, _w_g = ref.x0_loss(xt.reshape(n, b, d), eh.reshape(n, b, d), x0.reshape(n, d), a, s)
     torch.testing.assert_close(sse, w_sse, rtol=1e-5, atol=0)
     gm = torch.randn((n, b, *shape), generator=g).to(dev).to(dtype)
     xn = inv.update(st, g_eps, gm, s, 1.0, x0=x0, next_coefs=(a, s), backend=backend)
-    assert xn is not None and xn.dtype == dtype
+    assert xn is not None
+    assert xn.dtype == dtype
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -190,7 +203,20 @@ def test_reference_gradient_formula_equals_autograd() -> None:
     _, g_eps = ref.x0_loss(xt, xt @ m, x0, a, s)
     g_model = g_eps @ m.T  # J^T g_eps for eps_hat = x_t M
     z = torch.zeros_like(mu)
-    out = ref.update(mu.detach(), lv.detach(), (z, z, z, z), d, g_eps, g_model, s, w, seed, step, 1, ref.AdamSettings())
+    out = ref.update(
+        mu.detach(),
+        lv.detach(),
+        (z, z, z, z),
+        d,
+        g_eps,
+        g_model,
+        s,
+        w,
+        seed,
+        step,
+        1,
+        ref.AdamSettings(),
+    )
     torch.testing.assert_close(out[6], gmu)
     torch.testing.assert_close(out[7], glv)
 
@@ -209,7 +235,10 @@ def test_autograd_functions_match_reference_autograd(backend: str) -> None:
     mu64 = st.mu.double().requires_grad_()
     lv64 = st.logvar.double().requires_grad_()
     (ref.sample_xt(mu64, lv64, x0.reshape(n, d), a, s, 11, 2) * up.double()).sum().backward()
-    assert mu.grad is not None and lv.grad is not None and mu64.grad is not None and lv64.grad is not None
+    assert mu.grad is not None
+    assert lv.grad is not None
+    assert mu64.grad is not None
+    assert lv64.grad is not None
     torch.testing.assert_close(mu.grad.double(), mu64.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(lv.grad.double(), lv64.grad, rtol=1e-5, atol=1e-5)
 
@@ -223,7 +252,8 @@ def test_autograd_functions_match_reference_autograd(backend: str) -> None:
     p64 = ((x0h - x0.double()[:, None]) ** 2).mean(dim=(1, 2, 3))
     torch.testing.assert_close(p.double(), p64.detach(), rtol=1e-5, atol=0)
     (p64 * torch.tensor([1.0, 2.0], dtype=torch.float64, device=dev)).sum().backward()
-    assert xt_l.grad is not None and eh.grad is not None
+    assert xt_l.grad is not None
+    assert eh.grad is not None
     torch.testing.assert_close(xt_l.grad.double(), xt64.grad, rtol=1e-4, atol=1e-9)
     torch.testing.assert_close(eh.grad.double(), eh64.grad, rtol=1e-4, atol=1e-9)
 
@@ -295,7 +325,7 @@ def test_errors_name_the_argument() -> None:
         inv.x0_loss(xt, xt.half(), x0, a, s)
     with pytest.raises(ValueError, match="eps_hat must have shape"):
         inv.x0_loss(xt, xt[:, :2], x0, a, s)
-    sse, g = inv.x0_loss(xt, xt, x0, a, s)
+    _sse, g = inv.x0_loss(xt, xt, x0, a, s)
     with pytest.raises(ValueError, match="w must"):
         inv.update(st, g, g, s, [1.0, float("nan")])
     with pytest.raises(ValueError, match="w must be a number or have N=2"):
@@ -320,3 +350,60 @@ def test_kl_oracles() -> None:
         assert float(ref.kl_per_dim(z, z + math.log(0.25))) == pytest.approx(0.31815, abs=1e-5)
     st = inv.InversionState.create(3, (2, 2), seed=0)
     assert torch.equal(st.score(), torch.zeros(3, dtype=torch.float64))
+
+
+_COMPILE_SCRIPT = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from memlens.kernels import inversion as ki
+
+target = GPUTarget("cuda", 90, 32)
+
+
+def build(fn, sig, cx):
+    sig = dict(sig)
+    for k in cx:
+        sig[k] = "constexpr"
+    cx = {(fn.arg_names.index(k),): v for k, v in cx.items()}
+    triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx), target=target,
+                   options=dict(num_warps=4))
+
+
+for dt in ("fp32", "bf16", "fp16"):
+    build(ki._sample_kernel, dict(MU="*fp32", LV="*fp32", X0="*fp32", A="*fp32", S="*fp32",
+          OUT="*" + dt, B="i32", D="i32", k0="i32", k1="i32", step="i32"), dict(BLOCK=1024))
+    build(ki._loss_kernel, dict(XT="*" + dt, EH="*" + dt, X0="*fp32", A="*fp32", S="*fp32",
+          PART="*fp32", GE="*fp32", B="i32", D="i32", n_blocks="i32", inv_bd="fp32"),
+          dict(BLOCK=1024))
+    sig = {n: "*fp32" for n in "MU LV MM VM ML VL X0 GE S W A2 S2 GMU GLV".split()}
+    sig.update(GM="*" + dt, XN="*" + dt)
+    sig.update({n: "i32" for n in "B D k0 k1 step step2".split()})
+    sig.update({n: "fp32" for n in "inv_d lr_bc1 b1 b2 inv_bc2s aeps".split()})
+    for on in (True, False):
+        build(ki._update_kernel, sig, dict(HAS_GE=on, HAS_W=on, GRAD_MODE=not on, HAS_NEXT=on,
+                                           BLOCK=1024))
+print("compiled")
+"""
+
+
+@pytest.mark.triton
+def test_triton_kernels_compile_for_sm90() -> None:
+    """Every Triton kernel and variant compiles to an sm_90 cubin (the interpreter alone would
+    not catch a GPU-only compile error). Needs no GPU."""
+    import subprocess
+    import sys
+
+    import triton
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        pytest.skip("triton's bundled ptxas is not available")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    out = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SCRIPT], capture_output=True, text=True, env=env,
+        timeout=600, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "compiled" in out.stdout

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "memlens/cuda_flow_sim.h"
+#include "memlens/cuda_inversion.h"
 #include "memlens/cuda_topk.h"
 
 #include "args.h"
@@ -182,4 +183,52 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("device_name", &cuda::device_name, py::arg("device_index"));
   m.attr("max_k") = cuda::kMaxK;
   m.attr("max_rows") = cuda::kMaxRows;
+
+  // ---- fused inversion step (memlens/cuda_inversion.h); device pointers as ints, 0 = null
+  m.def(
+      "inversion_sample",
+      [](std::uintptr_t mu, std::uintptr_t logvar, std::uintptr_t x0, std::uintptr_t a, std::uintptr_t s,
+         int64_t n, int64_t b, int64_t d, uint64_t seed, uint32_t step, std::uintptr_t xt, int xt_dtype,
+         std::uintptr_t stream) {
+        const DType dt = bindings::float_dtype(xt_dtype, "xt_dtype");
+        cuda::inversion_sample(ptr_or_null<const float>(mu), ptr_or_null<const float>(logvar),
+                               ptr_or_null<const float>(x0), ptr_or_null<const float>(a),
+                               ptr_or_null<const float>(s), InvShape{n, b, d}, InvNoise{seed, step},
+                               ptr_or_null<void>(xt), dt, make_stream(stream));
+      });
+  m.def("inversion_loss_blocks", &cuda::inversion_loss_blocks);
+  m.def(
+      "inversion_loss",
+      [](std::uintptr_t xt, std::uintptr_t eps_hat, int dt, std::uintptr_t x0, std::uintptr_t a, std::uintptr_t s,
+         int64_t n, int64_t b, int64_t d, std::uintptr_t partial, std::uintptr_t g_eps, std::uintptr_t stream) {
+        const DType t = bindings::float_dtype(dt, "dtype");
+        cuda::inversion_loss(ptr_or_null<const void>(xt), ptr_or_null<const void>(eps_hat), t,
+                             ptr_or_null<const float>(x0), ptr_or_null<const float>(a),
+                             ptr_or_null<const float>(s), InvShape{n, b, d}, ptr_or_null<float>(partial),
+                             ptr_or_null<float>(g_eps), make_stream(stream));
+      });
+  m.def(
+      "inversion_update",
+      [](std::uintptr_t mu, std::uintptr_t logvar, std::uintptr_t m_mu, std::uintptr_t v_mu, std::uintptr_t m_lv,
+         std::uintptr_t v_lv, std::uintptr_t x0, std::uintptr_t g_eps, std::uintptr_t g_model, int gm_dtype,
+         std::uintptr_t s, std::uintptr_t w, int64_t n, int64_t b, int64_t d, uint64_t seed, uint32_t step,
+         float lr, float beta1, float beta2, float eps, int64_t t, std::uintptr_t grad_mu, std::uintptr_t grad_logvar,
+         std::uintptr_t xt_next, std::uintptr_t a_next, std::uintptr_t s_next, uint64_t next_seed,
+         uint32_t next_step, std::uintptr_t stream) {
+        const DType gdt = bindings::float_dtype(gm_dtype, "gm_dtype");
+        InvParams p{ptr_or_null<float>(mu), ptr_or_null<float>(logvar), ptr_or_null<float>(m_mu),
+                    ptr_or_null<float>(v_mu), ptr_or_null<float>(m_lv), ptr_or_null<float>(v_lv)};
+        InvUpdateOut out;
+        out.grad_mu = ptr_or_null<float>(grad_mu);
+        out.grad_logvar = ptr_or_null<float>(grad_logvar);
+        out.xt_next = ptr_or_null<void>(xt_next);
+        out.xt_dtype = gdt;
+        out.a_next = ptr_or_null<const float>(a_next);
+        out.s_next = ptr_or_null<const float>(s_next);
+        out.next_noise = InvNoise{next_seed, next_step};
+        cuda::inversion_update(p, ptr_or_null<const float>(x0), ptr_or_null<const float>(g_eps),
+                               ptr_or_null<const void>(g_model), gdt, ptr_or_null<const float>(s),
+                               ptr_or_null<const float>(w), InvShape{n, b, d}, InvNoise{seed, step},
+                               InvAdam{lr, beta1, beta2, eps, t}, out, make_stream(stream));
+      });
 }

@@ -23,14 +23,18 @@ using inv::F32;
 
 inline int64_t n_chunks(int64_t d) { return (d + kInvChunk - 1) / kInvChunk; }
 
+// Below this many element-samples a pass runs on the calling thread: waking a team costs more
+// than the pass (and, on a loaded machine, a descheduled team member costs a time slice).
+constexpr int64_t kParallelMin = int64_t{1} << 16;
+
 template <class S>
 void sample_impl(const float* mu, const float* logvar, const float* x0, const float* a,
                  const float* s, InvShape sh, InvNoise nz, void* xt_v, int num_threads) {
   using T = typename S::T;
   T* xt = static_cast<T*>(xt_v);
-  const int64_t chunks = n_chunks(sh.d), tasks = sh.n * chunks;
+  const int64_t chunks = n_chunks(sh.d), tasks = sh.n * chunks, work = sh.n * sh.b * sh.d;
   const uint32_t k0 = static_cast<uint32_t>(nz.seed), k1 = static_cast<uint32_t>(nz.seed >> 32);
-#pragma omp parallel for schedule(static) num_threads(num_threads > 0 ? num_threads : omp_get_max_threads())
+#pragma omp parallel for schedule(static) if (work >= kParallelMin) num_threads(num_threads > 0 ? num_threads : omp_get_max_threads())
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t i = task / chunks, j0 = task % chunks * kInvChunk;
     const int64_t len = sh.d - j0 < kInvChunk ? sh.d - j0 : kInvChunk;
@@ -59,10 +63,11 @@ void loss_impl(const InvLossJob& jb, int num_threads) {
   using T = typename S::T;
   const InvShape sh = jb.shape;
   const int64_t chunks = n_chunks(sh.d), rows = sh.n * sh.b, tasks = rows * chunks;
+  const int64_t work = rows * sh.d;
   const T* xt = static_cast<const T*>(jb.xt);
   const T* eh = static_cast<const T*>(jb.eps_hat);
   const float inv_bd = 1.0f / static_cast<float>(static_cast<double>(sh.b) * static_cast<double>(sh.d));
-#pragma omp parallel for schedule(static) num_threads(num_threads > 0 ? num_threads : omp_get_max_threads())
+#pragma omp parallel for schedule(static) if (work >= kParallelMin) num_threads(num_threads > 0 ? num_threads : omp_get_max_threads())
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t row = task / chunks, j0 = task % chunks * kInvChunk;
     const int64_t len = sh.d - j0 < kInvChunk ? sh.d - j0 : kInvChunk;
@@ -91,6 +96,7 @@ void update_impl(const InvParams& p, const float* x0, const float* g_eps, const 
   using T = typename S::T;
   const T* gm = static_cast<const T*>(g_model_v);
   const int64_t chunks = n_chunks(sh.d), tasks = sh.n * chunks;
+  const int64_t work = sh.n * (sh.b + 1) * sh.d;
   const uint32_t k0 = static_cast<uint32_t>(nz.seed), k1 = static_cast<uint32_t>(nz.seed >> 32);
   const float inv_d = 1.0f / static_cast<float>(sh.d);
   const bool grad_mode = out.grad_mu != nullptr;
@@ -100,7 +106,7 @@ void update_impl(const InvParams& p, const float* x0, const float* g_eps, const 
   const float step_size = ad.lr / bc1, b1 = ad.beta1, b2 = ad.beta2, om1 = 1.0f - ad.beta1, om2 = 1.0f - ad.beta2;
   const float inv_bc2s = 1.0f / bc2s, aeps = ad.eps;
   // float lane counts are powers of two: kInvChunk-long stack arrays stay aligned
-#pragma omp parallel for schedule(static) num_threads(num_threads > 0 ? num_threads : omp_get_max_threads())
+#pragma omp parallel for schedule(static) if (work >= kParallelMin) num_threads(num_threads > 0 ? num_threads : omp_get_max_threads())
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t i = task / chunks, j0 = task % chunks * kInvChunk;
     const int64_t len = sh.d - j0 < kInvChunk ? sh.d - j0 : kInvChunk;

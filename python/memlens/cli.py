@@ -155,6 +155,13 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("n", "t", "h", "w"):
         flow.add_argument(f"--{name}", type=_positive, help=f"size {name.upper()} override")
     flow.add_argument("--dtypes", nargs="+", choices=["float32", "float16"])
+    invert = bsub.add_parser(
+        "invert", help="the fused InvMM inversion step vs eager/compiled torch and bandwidth"
+    )
+    invert.add_argument("--smoke", action="store_true", help="small sizes, no torch.compile")
+    invert.add_argument("--json", metavar="PATH", help="write results and machine metadata here")
+    invert.add_argument("--backend", choices=["cpu", "cuda", "triton", "torch"])
+    invert.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     return p
 
 
@@ -270,6 +277,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             sizes = {k: getattr(args, k) for k in ("n", "t", "h", "w", "dtypes")}
             flow_bench.run(smoke=args.smoke, json_path=args.json, overrides=sizes)
+            return 0
+        if args.command == "bench" and args.family == "invert":
+            from memlens.bench import invert as invert_bench
+
+            invert_bench.run(smoke=args.smoke, json_path=args.json, backend=args.backend,
+                             compiled=False if args.no_compile else None)  # fmt: skip
             return 0
     except (ValueError, TypeError, OSError, ModelUnavailableError, BackendUnavailableError) as e:
         print("memlens: error: " + " ".join(str(e).split()), file=sys.stderr)

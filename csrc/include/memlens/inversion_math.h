@@ -43,6 +43,11 @@ MEMLENS_HD static inline float u2f(uint32_t u) {
 // Philox4x32-10 (Salmon et al., SC'11); returns the first two output words.
 MEMLENS_HD static inline void philox2(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
                                       uint32_t k0, uint32_t k1, uint32_t& out0, uint32_t& out1) {
+#if defined(__CUDACC__)
+#pragma unroll
+#elif defined(__GNUC__)
+#pragma GCC unroll 10  // a loop inside an `omp simd` body blocks vectorization
+#endif
   for (int r = 0; r < 10; ++r) {
     const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0;
     const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2;
@@ -109,10 +114,12 @@ MEMLENS_HD static inline float normal_at(uint64_t L, uint32_t step, uint32_t k0,
 // exp(x) for |x| < ~80: 2^(x log2 e) = 2^k 2^f, f in [-1/2, 1/2], degree-6 polynomial
 // (relative error ~2e-8 before rounding); saturates to 0 / +inf outside float's range.
 MEMLENS_HD static inline float exp_f(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
   const float t = x * 1.44269504088896341f;
-  const float kf = t >= 0.0f ? static_cast<float>(static_cast<int>(t + 0.5f))
-                             : -static_cast<float>(static_cast<int>(0.5f - t));
+  // round half away from zero, branch-free (vectorizes): truncate t +- 1/2
+  const float half = t < 0.0f ? -0.5f : 0.5f;
+  const float kf = static_cast<float>(static_cast<int>(t + half));
   // f = x - k ln2 with ln2 split (exact products for |k| <= 128)
   const float f = (x - kf * 0.693145751953125f) - kf * 1.428606765330187e-06f;
   const float p = 1.0f + f * (1.0f + f * (0.5f + f * (0.16666667f + f * (4.1666668e-2f +

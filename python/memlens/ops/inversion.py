@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 OP = "inversion_step"
+DEFAULT_ADAM = AdamSettings()  # InvMM: Adam(lr=0.1), torch defaults otherwise
 MODEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 for _name, _devices, _module, _probe in (
@@ -94,7 +95,7 @@ class InversionState:
             raise ValueError(f"seed must be in [0, 2^64); got {seed}")
         d = math.prod(shape)
         z = [torch.zeros((n, d), dtype=torch.float32, device=device) for _ in range(6)]
-        return cls(*z, seed=int(seed), shape=shape)
+        return cls(z[0], z[1], z[2], z[3], z[4], z[5], seed=int(seed), shape=shape)
 
     @property
     def n(self) -> int:
@@ -114,28 +115,36 @@ class InversionState:
         Their noise stream changes with their position (element counters), which is fine:
         the draws stay independent."""
         k = keep.to(self.mu.device)
-        t = [x[k].contiguous() for x in (self.mu, self.logvar, self.m_mu, self.v_mu, self.m_lv, self.v_lv)]
+        t = [
+            x[k].contiguous()
+            for x in (self.mu, self.logvar, self.m_mu, self.v_mu, self.m_lv, self.v_lv)
+        ]
         return InversionState(
-            *t, seed=self.seed, noise_step=self.noise_step, adam_t=self.adam_t, shape=self.shape
-        )
+            t[0], t[1], t[2], t[3], t[4], t[5], seed=self.seed, noise_step=self.noise_step,
+            adam_t=self.adam_t, shape=self.shape,
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- validation
 
 
-def _coefs(a: Any, name: str, n: int, device: torch.device) -> torch.Tensor:
+def _coefs(a: Any, name: str, n: int, device: torch.device, check: bool = True) -> torch.Tensor:
     t = torch.as_tensor(a)
     if t.ndim != 2 or t.shape[0] != n:
         raise ValueError(f"{name} must have shape (N={n}, B); got {tuple(t.shape)}")
     t = t.to(device=device, dtype=torch.float32).contiguous()
-    if not bool(torch.isfinite(t).all()):
+    if check and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or Inf")
     return t
 
 
-def _check_ab(a: torch.Tensor, s: torch.Tensor) -> None:
+def _check_ab(a: torch.Tensor, s: torch.Tensor, check: bool = True) -> None:
     if a.shape != s.shape:
-        raise ValueError(f"a and s must have the same shape; got {tuple(a.shape)} and {tuple(s.shape)}")
+        raise ValueError(
+            f"a and s must have the same shape; got {tuple(a.shape)} and {tuple(s.shape)}"
+        )
+    if not check:
+        return
     if not bool((a > 0).all()):
         raise ValueError("a (sqrt(alpha_bar_t)) must be > 0")
     if not bool((s > 0).all()):
@@ -146,7 +155,9 @@ def _x0(x0: Any, n: int, d: int, device: torch.device) -> torch.Tensor:
     if not isinstance(x0, torch.Tensor):
         raise TypeError(f"x0 must be a torch tensor; got {type(x0).__name__}")
     if x0.ndim < 1 or x0.shape[0] != n or x0.numel() != n * d:
-        raise ValueError(f"x0 must have shape (N={n}, ...) with {d} elements per image; got {tuple(x0.shape)}")
+        raise ValueError(
+            f"x0 must have shape (N={n}, ...) with {d} elements per image; got {tuple(x0.shape)}"
+        )
     if not x0.is_floating_point():
         raise TypeError(f"x0 must be a floating tensor; got {x0.dtype}")
     return x0.to(device=device, dtype=torch.float32).reshape(n, d).contiguous()
@@ -158,7 +169,9 @@ def _model_tensor(x: Any, name: str, n: int, b: int, d: int, device: torch.devic
     if x.dtype not in MODEL_DTYPES:
         raise TypeError(f"{name} must be float32, float16 or bfloat16; got {x.dtype}")
     if x.numel() != n * b * d or (x.ndim >= 2 and (x.shape[0] != n or x.shape[1] != b)):
-        raise ValueError(f"{name} must have shape (N={n}, B={b}, ...) with {d} elements per sample; got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have shape (N={n}, B={b}, ...) with {d} elements per sample; got {tuple(x.shape)}"
+        )
     if x.device != device:
         raise ValueError(f"{name} must be on {device}; got {x.device}")
     return x.detach().reshape(n, b, d).contiguous()
@@ -178,20 +191,23 @@ def sample_xt(
     s: Any,
     *,
     dtype: torch.dtype = torch.float32,
+    check: bool = True,
     backend: str | None = None,
 ) -> torch.Tensor:
     """x_t = a x0 + s (mu + eps exp(logvar / 2)) for every sample: (N, B, *shape) in
     ``dtype`` (the model's), drawn at ``state.noise_step``. a, s: (N, B)."""
     dev = state.mu.device
-    a_t = _coefs(a, "a", state.n, dev)
-    s_t = _coefs(s, "s", state.n, dev)
-    _check_ab(a_t, s_t)
+    a_t = _coefs(a, "a", state.n, dev, check)
+    s_t = _coefs(s, "s", state.n, dev, check)
+    _check_ab(a_t, s_t, check)
     if dtype not in MODEL_DTYPES:
         raise TypeError(f"dtype must be float32, float16 or bfloat16; got {dtype}")
     n, b, d = _state_shape(state, a_t)
     x = _x0(x0, n, d, dev)
     out = torch.empty((n, b, d), dtype=dtype, device=dev)
-    _impl(dev, backend).sample(state.mu, state.logvar, x, a_t, s_t, state.seed, state.noise_step, out)
+    _impl(dev, backend).sample(
+        state.mu, state.logvar, x, a_t, s_t, state.seed, state.noise_step, out
+    )
     return out.view(n, b, *state.shape)
 
 
@@ -202,10 +218,15 @@ def x0_loss(
     a: Any,
     s: Any,
     *,
+    reduce: bool = True,
+    check: bool = True,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sse, g_eps): per-sample sums of (x0_hat - x0)^2 (float64 (N, B); the image's p is
-    sse.sum(1) / (B D)) and dp/d eps_hat (float32, shaped like eps_hat)."""
+    sse.sum(1) / (B D)) and dp/d eps_hat (float32, shaped like eps_hat).
+
+    ``reduce=False`` returns, instead of sse, the backend's partial sums (N, B, k), whose sum
+    over the last axis is sse: no extra launches per step on a GPU; sum them when needed."""
     if not isinstance(xt, torch.Tensor):
         raise TypeError(f"xt must be a torch tensor; got {type(xt).__name__}")
     if xt.ndim < 3:
@@ -213,9 +234,9 @@ def x0_loss(
     n, b = int(xt.shape[0]), int(xt.shape[1])
     d = math.prod(int(v) for v in xt.shape[2:])
     dev = xt.device
-    a_t = _coefs(a, "a", n, dev)
-    s_t = _coefs(s, "s", n, dev)
-    _check_ab(a_t, s_t)
+    a_t = _coefs(a, "a", n, dev, check)
+    s_t = _coefs(s, "s", n, dev, check)
+    _check_ab(a_t, s_t, check)
     if a_t.shape[1] != b:
         raise ValueError(f"a must have shape (N, B={b}); got {tuple(a_t.shape)}")
     x = _model_tensor(xt, "xt", n, b, d, dev)
@@ -223,9 +244,11 @@ def x0_loss(
     if e.dtype != x.dtype:
         raise TypeError(f"eps_hat must have xt's dtype {x.dtype}; got {e.dtype}")
     x0f = _x0(x0, n, d, dev)
-    sse = torch.empty((n, b), dtype=torch.float64, device=dev)
     g_eps = torch.empty((n, b, d), dtype=torch.float32, device=dev)
-    _impl(dev, backend).loss(x, e, x0f, a_t, s_t, sse, g_eps)
+    part = _impl(dev, backend).loss(x, e, x0f, a_t, s_t, g_eps).view(n, b, -1)
+    if not reduce:
+        return part, g_eps.view(xt.shape)
+    sse = part.sum(-1, dtype=torch.float64) if part.shape[-1] != 1 else part[..., 0].double()
     return sse, g_eps.view(xt.shape)
 
 
@@ -238,7 +261,8 @@ def update(
     *,
     x0: torch.Tensor | None = None,
     next_coefs: tuple[Any, Any] | None = None,
-    adam: AdamSettings = AdamSettings(),
+    adam: AdamSettings = DEFAULT_ADAM,
+    check: bool = True,
     backend: str | None = None,
 ) -> torch.Tensor | None:
     """One Adam step of mu and logvar in place, from g_eps (x0_loss) and g_model (the model's
@@ -246,10 +270,13 @@ def update(
 
     With ``next_coefs=(a, s)`` (and ``x0``), also returns the next x_t drawn from the new
     parameters (the model's dtype, that of g_model). Advances ``state.adam_t`` and, when a
-    next x_t is drawn, ``state.noise_step``."""
+    next x_t is drawn, ``state.noise_step``.
+
+    ``check=False`` (every pass) skips the value checks of the coefficients and w, which cost
+    a device synchronisation each on a GPU: for loops whose inputs come from a scheduler."""
     dev = state.mu.device
-    s_t = _coefs(s, "s", state.n, dev)
-    if not bool((s_t > 0).all()):
+    s_t = _coefs(s, "s", state.n, dev, check)
+    if check and not bool((s_t > 0).all()):
         raise ValueError("s (sqrt(1 - alpha_bar_t)) must be > 0")
     n, b, d = _state_shape(state, s_t)
     ge = _model_tensor(g_eps, "g_eps", n, b, d, dev).float()
@@ -259,7 +286,7 @@ def update(
         w_t = w_t.expand(n)
     if w_t.numel() != n:
         raise ValueError(f"w must be a number or have N={n} entries; got {w_t.numel()}")
-    if not bool(torch.isfinite(w_t).all()) or bool((w_t < 0).any()):
+    if check and (not bool(torch.isfinite(w_t).all()) or bool((w_t < 0).any())):
         raise ValueError("w must be finite and >= 0")
     w_t = w_t.contiguous()
     _check_adam(adam)
@@ -268,9 +295,9 @@ def update(
     if next_coefs is not None:
         if x0 is None:
             raise ValueError("x0 is required with next_coefs")
-        a2 = _coefs(next_coefs[0], "next_coefs[0] (a)", n, dev)
-        s2 = _coefs(next_coefs[1], "next_coefs[1] (s)", n, dev)
-        _check_ab(a2, s2)
+        a2 = _coefs(next_coefs[0], "next_coefs[0] (a)", n, dev, check)
+        s2 = _coefs(next_coefs[1], "next_coefs[1] (s)", n, dev, check)
+        _check_ab(a2, s2, check)
         x = _x0(x0, n, d, dev)
         nxt = (a2, s2, torch.empty((a2.shape[0], a2.shape[1], d), dtype=gm.dtype, device=dev))
     state.adam_t += 1
@@ -297,7 +324,7 @@ def _check_adam(h: AdamSettings) -> None:
 
 class _ReparamSample(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         mu: torch.Tensor,
         logvar: torch.Tensor,
@@ -309,14 +336,16 @@ class _ReparamSample(torch.autograd.Function):
         backend: str | None,
     ) -> torch.Tensor:
         n, d = mu.shape
-        st = InversionState(mu.detach(), logvar.detach(), mu, mu, mu, mu, seed=seed, noise_step=step, shape=(d,))
+        st = InversionState(
+            mu.detach(), logvar.detach(), mu, mu, mu, mu, seed=seed, noise_step=step, shape=(d,)
+        )
         out = sample_xt(st, x0, a, s, backend=backend).view(n, -1, d)
         ctx.save_for_backward(mu.detach(), logvar.detach(), s)
         ctx.seed, ctx.step, ctx.backend = seed, step, backend
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         mu, logvar, s = ctx.saved_tensors
         n, d = mu.shape
         b = s.shape[1]
@@ -341,18 +370,22 @@ def reparam_sample(
     """Differentiable x_t (N, B, D) float32 from mu, logvar (N, D): the forward kernel, and a
     backward that regenerates eps (no stored noise)."""
     if mu.shape != logvar.shape or mu.ndim != 2:
-        raise ValueError(f"mu and logvar must both have shape (N, D); got {tuple(mu.shape)}, {tuple(logvar.shape)}")
+        raise ValueError(
+            f"mu and logvar must both have shape (N, D); got {tuple(mu.shape)}, {tuple(logvar.shape)}"
+        )
     if mu.dtype != torch.float32 or logvar.dtype != torch.float32:
         raise TypeError("mu and logvar must be float32")
     a_t = _coefs(a, "a", mu.shape[0], mu.device)
     s_t = _coefs(s, "s", mu.shape[0], mu.device)
-    out: torch.Tensor = _ReparamSample.apply(mu.contiguous(), logvar.contiguous(), x0, a_t, s_t, int(seed), int(step), backend)
+    out: torch.Tensor = _ReparamSample.apply(
+        mu.contiguous(), logvar.contiguous(), x0, a_t, s_t, int(seed), int(step), backend
+    )
     return out
 
 
 class _X0Loss(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         xt: torch.Tensor,
         eps_hat: torch.Tensor,
@@ -362,14 +395,14 @@ class _X0Loss(torch.autograd.Function):
         backend: str | None,
     ) -> torch.Tensor:
         sse, g_eps = x0_loss(xt, eps_hat, x0, a, s, backend=backend)
-        n, b = sse.shape
+        _n, b = sse.shape
         d = g_eps[0, 0].numel()
         ctx.save_for_backward(g_eps, s)
         ctx.dtypes = (xt.dtype, eps_hat.dtype)
         return (sse.sum(1) / (b * d)).to(torch.float32)
 
     @staticmethod
-    def backward(ctx: Any, go: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, go: torch.Tensor) -> tuple[Any, ...]:
         g_eps, s = ctx.saved_tensors
         scale = go.to(torch.float32).view(-1, *([1] * (g_eps.ndim - 1)))
         sv = s.view(*s.shape, *([1] * (g_eps.ndim - 2)))

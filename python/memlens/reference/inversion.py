@@ -97,7 +97,12 @@ def normal(counter: torch.Tensor, seed: int, step: int) -> torch.Tensor:
     if not 0 <= step < 2**32:
         raise ValueError(f"step must be in [0, 2^32); got {step}")
     counter = counter.to(torch.int64)
-    c = (counter & _M32, counter >> 32, torch.full_like(counter, step), torch.full_like(counter, PHILOX_TAG))
+    c = (
+        counter & _M32,
+        counter >> 32,
+        torch.full_like(counter, step),
+        torch.full_like(counter, PHILOX_TAG),
+    )
     x0, x1, _, _ = philox4x32(c, seed)
     u1 = (2 * (x0 >> 9) + 1).double() * 2.0**-24
     u2 = (x1 >> 8).double() * 2.0**-24
@@ -131,7 +136,7 @@ def x0_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sse (N, B), g_eps (N, B, D)): the summed squared x0 error of each sample and
     dp/d eps_hat, p = per-image mean over (B, D)."""
-    n_img, b, d = xt.shape
+    _n_img, b, d = xt.shape
     a64, s64 = a.double()[..., None], s.double()[..., None]
     e = (xt.double() - s64 * eps_hat.double()) / a64 - x0.double()[:, None]
     return (e * e).sum(-1), -2.0 * s64 * e / (a64 * b * d)
