@@ -505,7 +505,8 @@ for mode, rdt in ((0, "fp16"), (1, "bf16"), (2, "fp32")):
         sig.update({n: I32 for n in ("nq", "nr", "d", "stride_qm", "stride_qd", "stride_rn",
                                      "stride_rd", "rows_per_split", "n_splits")})
         # the GPU default (one-at-a-time merge) and, once, the hybrid with the bitonic network
-        for smh in {cfg.sort_min_hits, 8 if (kp, mode) == (16, 1) else cfg.sort_min_hits}:
+        hybrid = 8 if (kp, mode) == (16, 1) and tk._HYBRID_COMPILES else cfg.sort_min_hits
+        for smh in {cfg.sort_min_hits, hybrid}:
             build(tk._fused_topk_kernel, sig, dict(
                 flags, REFS_AS_A=cfg.refs_as_a, BLOCK_Q=cfg.block_q,
                 BLOCK_R=max(cfg.block_r, kp), BLOCK_D=cfg.block_d, KP=kp, NATIVE_TOPK=True,
