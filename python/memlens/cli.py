@@ -140,6 +140,26 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--no-motion", action="store_true", help="content only")
     _motion_options(compare)
 
+    inv = sub.add_parser("invert", help="InvMM memorization scores of images under a model")
+    inv.add_argument("--model", required=True, help="local diffusers pipeline directory")
+    inv.add_argument("--images", required=True, nargs="+", help="target image files")
+    inv.add_argument("--out", required=True, help="run directory")
+    inv.add_argument(
+        "--preset",
+        default="pixel",
+        choices=["pixel", "latent", "text"],
+        help="hyperparameters of the paper's code path (methods.md §2.6)",
+    )
+    inv.add_argument("--max-steps", type=_positive, help="optimisation steps at most (S)")
+    inv.add_argument("--samples", type=_positive, help="noise samples per image and step (B)")
+    inv.add_argument("--check-every", type=_positive, help="success check period (C)")
+    inv.add_argument("--ddim-steps", type=_positive, help="DDIM steps of the success check")
+    inv.add_argument("--batch", type=_positive, default=16, help="images inverted together")
+    inv.add_argument("--seed", type=int, default=0)
+    inv.add_argument("--embedder", default="default", help="similarity embedder (default: SSCD)")
+    inv.add_argument("--backend", choices=["cpu", "cuda", "triton", "torch"])
+    inv.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    inv.add_argument("--quiet", action="store_true", help="no progress line")
     bench = sub.add_parser("bench", help="microbenchmarks against the best baselines, same run")
     bsub = bench.add_subparsers(dest="family", required=True)
     search = bsub.add_parser("search", help="exact cosine top-k vs faiss, numpy and torch")
@@ -163,6 +183,23 @@ def _parser() -> argparse.ArgumentParser:
     invert.add_argument("--backend", choices=["cpu", "cuda", "triton", "torch"])
     invert.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     return p
+
+
+def _invert(args: argparse.Namespace) -> int:
+    from memlens.engine.invert import run_invert
+
+    overrides = {"steps": args.max_steps, "samples": args.samples,
+                 "check_every": args.check_every, "ddim_steps": args.ddim_steps}  # fmt: skip
+    rows = run_invert(args.model, args.images, args.out, preset=args.preset, overrides=overrides,
+                      batch=args.batch, seed=args.seed, embedder=args.embedder,
+                      resume=args.resume, backend=args.backend, progress=not args.quiet)  # fmt: skip
+    ok = [r for r in rows if r["invmm"] is not None]
+    print(f"invert {args.out}: {len(rows)} images, {len(ok)} regenerated; "
+          f"report {args.out}/report.html")  # fmt: skip
+    for r in sorted(rows, key=lambda r: (r["invmm"] is None, r["invmm"] or 0.0))[:10]:
+        score = "+inf" if r["invmm"] is None else f"{r['invmm']:.4g}"
+        print(f"  {score:>10}  {r['steps']:>5} steps  {r['path']}")
+    return 0
 
 
 def _index_build(args: argparse.Namespace) -> int:
@@ -266,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _scan(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "invert":
+            return _invert(args)
         if args.command == "bench" and args.family == "search":
             from memlens.bench import search
 
