@@ -70,6 +70,10 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--big", type=int, default=10_000_000, help="nr of the G1 rows (0: skip)")
+    ap.add_argument("--ks", type=int, nargs="+", default=[1, 10, 100, 1000, 4096])
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "int8"])
+    ap.add_argument("--backends", nargs="+", default=["cuda", "triton"])
+    ap.add_argument("--no-torch", action="store_true", help="skip the torch baselines")
     args = ap.parse_args()
     gpu = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
     dev = "cuda" if gpu else "cpu"
@@ -81,9 +85,9 @@ def main() -> None:
     d, nq = (512, 4096) if not args.tiny else (32, 8)
     peak = gemm_rate(dev, 8192 if not args.tiny else 256, args.reps)
     emit(bench="torch bf16 gemm", flops=peak)
-    backends = ["cuda", "triton"] if gpu else ["triton"]
+    backends = args.backends if gpu else ["triton"]
     g = torch.Generator(device=dev).manual_seed(0)
-    sizes = [(1_000_000, (1, 10, 100, 1000, 4096))] if not args.tiny else [(3000, (1, 10, 100))]
+    sizes = [(1_000_000, tuple(args.ks))] if not args.tiny else [(3000, (1, 10, 100))]
     if args.big and not args.tiny:
         sizes.append((args.big, (10, 100, 1024)))
     q = torch.nn.functional.normalize(torch.randn(nq, d, device=dev, generator=g), dim=1)
@@ -93,7 +97,7 @@ def main() -> None:
         if nr > 1_000_000:
             del r32  # the G1 rows use bf16 refs only (fp32 would not add information)
         for k in ks:
-            for prec in ("fp32", "bf16", "int8"):
+            for prec in args.precisions:
                 if nr > 1_000_000 and prec == "fp32":
                     continue
                 refs = r32 if prec == "fp32" else rb
@@ -117,7 +121,7 @@ def main() -> None:
                     emit(bench=f"{be} {prec}", nr=nr, d=d, nq=nq, k=k, seconds=t,
                          pairs_per_s=nq * nr / t, frac_gemm=2 * d * nq * nr / t / peak,
                          recall=rc)  # fmt: skip
-            for dt in (torch.float32, torch.bfloat16):
+            for dt in () if args.no_torch else (torch.float32, torch.bfloat16):
                 if nr > 1_000_000 and dt == torch.float32:
                     continue
                 refs = r32 if dt == torch.float32 else rb
