@@ -10,6 +10,7 @@ import os
 import pytest
 import torch
 
+from conftest import compile_for_sm90
 from memlens import _dispatch
 from memlens.ops import inversion as inv
 from memlens.reference import inversion as ref
@@ -391,19 +392,4 @@ print("compiled")
 def test_triton_kernels_compile_for_sm90() -> None:
     """Every Triton kernel and variant compiles to an sm_90 cubin (the interpreter alone would
     not catch a GPU-only compile error). Needs no GPU."""
-    import subprocess
-    import sys
-
-    import triton
-
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    if not os.path.exists(ptxas):
-        pytest.skip("triton's bundled ptxas is not available")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    out = subprocess.run(
-        [sys.executable, "-c", _COMPILE_SCRIPT], capture_output=True, text=True, env=env,
-        timeout=600, check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-4000:]
-    assert "compiled" in out.stdout
+    compile_for_sm90(_COMPILE_SCRIPT)

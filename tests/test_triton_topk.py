@@ -18,6 +18,8 @@ if not (os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()):
 triton = pytest.importorskip("triton")
 import triton.language as tl
 
+from conftest import compile_for_sm90
+
 try:
     from memlens.kernels import topk as tk
 except ImportError:
@@ -529,21 +531,4 @@ print("compiled")
 def test_kernels_compile_for_sm90() -> None:
     """Every kernel and default GPU configuration compiles to an sm_90 cubin (ptxas), which
     the interpreter alone would not catch. Needs no GPU."""
-    import subprocess
-    import sys
-
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    if not os.path.exists(ptxas):
-        pytest.skip("triton's bundled ptxas is not available")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    out = subprocess.run(
-        [sys.executable, "-c", _COMPILE_SCRIPT, tk.__name__],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
-    assert "compiled" in out.stdout
+    compile_for_sm90(_COMPILE_SCRIPT, tk.__name__)

@@ -182,16 +182,9 @@ PYBIND11_MODULE(_C, m) {
          uint32_t next_step, int num_threads, int simd) {
         const CpuOptions cpu = make_options(num_threads, simd);
         const DType gdt = bindings::float_dtype(gm_dtype, "gm_dtype");
-        InvParams p{reinterpret_cast<float*>(mu), reinterpret_cast<float*>(logvar), reinterpret_cast<float*>(m_mu),
-                    reinterpret_cast<float*>(v_mu), reinterpret_cast<float*>(m_lv), reinterpret_cast<float*>(v_lv)};
-        InvUpdateOut out;
-        out.grad_mu = reinterpret_cast<float*>(grad_mu);
-        out.grad_logvar = reinterpret_cast<float*>(grad_logvar);
-        out.xt_next = reinterpret_cast<void*>(xt_next);
-        out.xt_dtype = gdt;
-        out.a_next = reinterpret_cast<const float*>(a_next);
-        out.s_next = reinterpret_cast<const float*>(s_next);
-        out.next_noise = InvNoise{next_seed, next_step};
+        const InvParams p = bindings::make_inv_params(mu, logvar, m_mu, v_mu, m_lv, v_lv);
+        const InvUpdateOut out =
+            bindings::make_inv_out(grad_mu, grad_logvar, xt_next, gdt, a_next, s_next, next_seed, next_step);
         py::gil_scoped_release release;
         inversion_update(p, reinterpret_cast<const float*>(x0), reinterpret_cast<const float*>(g_eps),
                          reinterpret_cast<const void*>(g_model), gdt, reinterpret_cast<const float*>(s),

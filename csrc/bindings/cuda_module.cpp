@@ -216,16 +216,9 @@ PYBIND11_MODULE(_cuda, m) {
          std::uintptr_t xt_next, std::uintptr_t a_next, std::uintptr_t s_next, uint64_t next_seed,
          uint32_t next_step, std::uintptr_t stream) {
         const DType gdt = bindings::float_dtype(gm_dtype, "gm_dtype");
-        InvParams p{ptr_or_null<float>(mu), ptr_or_null<float>(logvar), ptr_or_null<float>(m_mu),
-                    ptr_or_null<float>(v_mu), ptr_or_null<float>(m_lv), ptr_or_null<float>(v_lv)};
-        InvUpdateOut out;
-        out.grad_mu = ptr_or_null<float>(grad_mu);
-        out.grad_logvar = ptr_or_null<float>(grad_logvar);
-        out.xt_next = ptr_or_null<void>(xt_next);
-        out.xt_dtype = gdt;
-        out.a_next = ptr_or_null<const float>(a_next);
-        out.s_next = ptr_or_null<const float>(s_next);
-        out.next_noise = InvNoise{next_seed, next_step};
+        const InvParams p = bindings::make_inv_params(mu, logvar, m_mu, v_mu, m_lv, v_lv);
+        const InvUpdateOut out =
+            bindings::make_inv_out(grad_mu, grad_logvar, xt_next, gdt, a_next, s_next, next_seed, next_step);
         cuda::inversion_update(p, ptr_or_null<const float>(x0), ptr_or_null<const float>(g_eps),
                                ptr_or_null<const void>(g_model), gdt, ptr_or_null<const float>(s),
                                ptr_or_null<const float>(w), InvShape{n, b, d}, InvNoise{seed, step},
