@@ -151,3 +151,19 @@ def test_compare_and_scan_motion_cli(
     assert (idx / "flow_cache").is_dir()
     html = (run / "report.html").read_text()
     assert "motion" in html
+    # an explicit candidate list: scored against every input on top of the content top-K
+    extra = tmp_path / "extra.txt"
+    extra.write_text("# distinctive motions\ntrain/dance.mp4\n")
+    run2 = tmp_path / "run2"
+    assert main(["scan", str(gen / "copied_motion.mp4"), "--index", str(idx), "--out", str(run2),
+                 "--motion", "--motion-candidates", "1", "--motion-extra", str(extra),
+                 "--flow-frames", "12", "--quiet"]) == 0  # fmt: skip
+    (row,) = map(json.loads, (run2 / "results.jsonl").read_text().splitlines())
+    assert row["motion_candidates"] >= 1
+    assert row["motion_best_item"] == "train/dance.mp4"
+    assert row["motion_ofs"] > 0.8
+    extra.write_text("train/nope.mp4\n")
+    capsys.readouterr()
+    assert main(["scan", str(gen), "--index", str(idx), "--out", str(tmp_path / "run3"),
+                 "--motion", "--motion-extra", str(extra), "--quiet"]) == 2  # fmt: skip
+    assert "not in the index" in capsys.readouterr().err

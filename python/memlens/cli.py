@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from memlens._dispatch import BackendUnavailableError
@@ -127,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="also score motion (OFS-k + NMF) against the content neighbours")  # fmt: skip
     scan.add_argument("--motion-candidates", type=_positive, default=50,
                       help="content top-K training videos scored for motion")  # fmt: skip
+    scan.add_argument("--motion-extra", metavar="FILE",
+                      help="training item ids (one per line) also scored for motion against "
+                           "every input, on top of the content top-K")  # fmt: skip
     _motion_options(scan)
     scan.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -227,9 +231,20 @@ def _scan(args: argparse.Namespace) -> int:
         raise ValueError("give either --tau or --strict, not both")
     tau = TAU_STRICT if args.strict else (TAU_DEFAULT if args.tau is None else args.tau)
     motion, flow = _motion_from(args)
+    extra: tuple[str, ...] = ()
+    if args.motion_extra is not None:
+        if not args.motion:
+            raise ValueError("--motion-extra needs --motion")
+        try:
+            lines = Path(args.motion_extra).read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise ValueError(
+                f"--motion-extra: cannot read {args.motion_extra!r}: {e.strerror}"
+            ) from e
+        extra = tuple(x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#"))
     settings = ScanSettings(tau=tau, agg=args.agg, frames=args.frames, fps=args.fps,
                             motion=args.motion, motion_settings=motion, flow=flow,
-                            motion_candidates=args.motion_candidates,
+                            motion_candidates=args.motion_candidates, motion_extra=extra,
                             max_frames=args.max_frames, precision=args.precision,
                             batch_frames=args.batch_frames)  # fmt: skip
     s = scan(args.sources, args.index, args.out, settings=settings, resume=args.resume,

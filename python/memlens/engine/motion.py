@@ -9,6 +9,7 @@ flows compare pixel to pixel (methods.md §1.4). Training flows are cached next 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,16 @@ class MotionScorer:
     """Scores generated videos against their content neighbours in an index."""
 
     def __init__(self, index: ReferenceIndex, settings: MotionSettings, opts: FlowOptions,
-                 *, candidates: int = CANDIDATES):  # fmt: skip
+                 *, candidates: int = CANDIDATES, extra: Sequence[str] = ()):  # fmt: skip
+        """``extra``: training item ids scored for motion against every generated video, on
+        top of its ``candidates`` content neighbours (issue 5: "plus an optional explicit
+        list"), e.g. videos known for a distinctive motion."""
         self.index, self.settings, self.opts, self.k = index, settings, opts, candidates
         self.cache = FlowCache(Path(index.path) / FLOW_CACHE_DIR)
+        missing = [i for i in extra if not index.has_item(i)]
+        if missing:
+            raise ValueError(f"motion candidates not in the index: {missing[:5]}")
+        self.extra = tuple(dict.fromkeys(index.item_number(i) for i in extra))
 
     def training_flow(self, item: int, size: tuple[int, int]) -> np.ndarray:
         info = self.index.item_info(item)
@@ -113,6 +121,9 @@ class MotionScorer:
             still = MotionScore(0.0, 0.0, True, False, float("nan"), float("nan"), 0, 0.0)
             return MotionResult(MotionDecision(-1, still, None, False), [], g, None)
         videos = [n for n in neighbours if not self.index.item_info(n).is_image][: self.k]
+        videos += [
+            n for n in self.extra if n not in videos and not self.index.item_info(n).is_image
+        ]
         scores: list[MotionScore] = []
         kept: list[int] = []
         errors: list[str] = []

@@ -64,6 +64,7 @@ class ScanSettings:
     motion_settings: MotionSettings = field(default_factory=MotionSettings)
     flow: FlowOptions = field(default_factory=FlowOptions)
     motion_candidates: int = CANDIDATES
+    motion_extra: tuple[str, ...] = ()  # training item ids always scored for motion
 
 
 @dataclass
@@ -207,7 +208,9 @@ def scan(
     write_run_json(run, command, {**asdict(s), "index": str(index_path),
                                   "embedder": emb.spec.to_json()})  # fmt: skip
     scorer = (
-        MotionScorer(index, s.motion_settings, s.flow, candidates=s.motion_candidates)
+        MotionScorer(
+            index, s.motion_settings, s.flow, candidates=s.motion_candidates, extra=s.motion_extra
+        )
         if s.motion
         else None
     )
