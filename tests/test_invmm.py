@@ -189,3 +189,39 @@ def test_invert_validates() -> None:
     with pytest.raises(ValueError, match="targets"):
         invmm.invert(lambda x, t: x, AB, torch.zeros(4), cosine_similarity(torch.zeros(1, 4)))
     assert torch.equal(invmm.initial_kl(2, (3, 4)), torch.zeros(2, dtype=torch.float64))
+
+
+@pytest.mark.slow
+def test_duplication_oracle_on_a_trained_pixel_ddpm() -> None:
+    """A tiny UNet2DModel trained here on 6 binary 8x8 patterns, the first one duplicated 24x:
+    the duplicated pattern is regenerated and scores a lower InvMM than the patterns seen once
+    (methods.md §2.10/§2.11: duplication -> more memorized)."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    imgs = torch.sign(torch.rand(6, 1, 8, 8, generator=g) * 2 - 1) * 0.8
+    data = torch.cat([imgs[:1].repeat(24, 1, 1, 1), imgs[1:]])
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                       block_out_channels=(32, 64), norm_num_groups=8,
+                       down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"))  # fmt: skip
+    ab = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
+    opt = torch.optim.AdamW(unet.parameters(), lr=2e-3)
+    for _ in range(1500):
+        t = torch.randint(0, 1000, (len(data),), generator=g)
+        eps = torch.randn(data.shape, generator=g)
+        a, s = ab[t].sqrt()[:, None, None, None], (1 - ab[t]).sqrt()[:, None, None, None]
+        loss = ((unet(a * data + s * eps, t).sample - eps) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    unet.eval().requires_grad_(False)
+    targets = imgs[:3]
+    st = invmm.InvMMSettings(steps=400, samples=8, check_every=20, delta=1e-3, ddim_steps=20,
+                             beta=0.9)  # fmt: skip
+    res = invmm.invert(invmm.unet_denoiser(unet), ab, targets, cosine_similarity(targets), settings=st)
+    scores = invmm.kl_scores(res)
+    assert res[0].success, scores
+    assert scores[0] < scores[1]
+    assert scores[0] < scores[2]
