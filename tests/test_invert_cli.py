@@ -87,3 +87,31 @@ def test_invert_user_errors_exit_2(tmp_path: Path, images: list[str], tiny_pipel
     err = capsys.readouterr().err
     assert "x.png" in err
     assert err.count("\n") == 1
+
+
+def test_invert_text_to_image_pipeline(images: list[str], tmp_path: Path) -> None:
+    """A Stable-Diffusion-style pipeline: latents through the VAE, the soft prompt of §2.2
+    learned jointly, the check over guidance scales; the preset follows the model kind."""
+    import torch
+
+    from memlens.diffusion import tiny_pipeline
+
+    torch.set_num_threads(1)
+    model = tmp_path / "sd"
+    tiny_pipeline("sd").save_pretrained(model)
+    run = tmp_path / "run"
+    assert main(["invert", "--model", str(model), "--out", str(run), "--max-steps", "10",
+                 "--samples", "2", "--check-every", "5", "--ddim-steps", "3",
+                 "--embedder", "builtin", "--quiet", "--images", images[0]]) == 0  # fmt: skip
+    (row,) = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]
+    assert row["steps"] <= 10
+    assert len(row["similarities"]) == row["steps"] // 5
+    z = np.load(run / row["params"])
+    assert z["mu"].shape == (4, 8, 8)  # the latent, not the 16 x 16 image
+    assert z["soft_prompt"].ndim == 2
+    assert np.abs(z["soft_prompt"]).sum() > 0  # learned, not the initial zeros
+    settings = json.loads((run / "run.json").read_text())["settings"]
+    assert settings["preset"] == "text"
+    assert settings["kind"] == "text"
+    assert list(settings["guidance_scales"]) == [1, 2, 3, 4, 5, 6, 7]
+    assert (run / "report.html").read_text().count("data:image/png") >= 4

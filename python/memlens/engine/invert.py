@@ -38,55 +38,94 @@ from memlens.metrics import invmm
 PARAMS = "params"
 
 
-class PixelModel:
-    """A pixel-space eps-prediction UNet2DModel and its schedule."""
+class InversionModel:
+    """What InvMM needs from a pipeline: the eps denoiser, its schedule, the image size the
+    targets are resized to, and the maps between images ([-1, 1], channels first) and the
+    model's space (identity for pixel models; VAE encode (mode) x scaling factor / decode for
+    latent ones). Text-conditional models also carry their text encoder and tokenizer (the soft
+    prompt of §2.2)."""
 
-    def __init__(self, unet: Any, alphas_cumprod: torch.Tensor, path: str) -> None:
-        self.unet = unet.eval().requires_grad_(False)
-        self.alphas_cumprod = alphas_cumprod.double()
+    def __init__(self, pipe: Any, path: str) -> None:
         self.path = path
-        self.size = int(unet.config.sample_size if isinstance(unet.config.sample_size, int)
-                        else unet.config.sample_size[0])  # fmt: skip
-        self.channels = int(unet.config.in_channels)
+        self.unet = pipe.unet.eval().requires_grad_(False)
+        self.alphas_cumprod = torch.as_tensor(pipe.scheduler.alphas_cumprod).double()
+        self.vae = getattr(pipe, "vae", None)
+        self.text_encoder = getattr(pipe, "text_encoder", None)
+        self.tokenizer = getattr(pipe, "tokenizer", None)
+        cfg = self.unet.config
+        side = int(cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0])
+        if self.vae is not None:
+            self.vae.eval().requires_grad_(False)
+            self.scale = float(self.vae.config.scaling_factor)
+            self.size = side * 2 ** (len(self.vae.config.block_out_channels) - 1)
+            self.channels = int(self.vae.config.in_channels)
+        else:
+            self.scale = 1.0
+            self.size = side
+            self.channels = int(cfg.in_channels)
 
     @property
-    def denoiser(self) -> invmm.Denoiser:
+    def kind(self) -> str:
+        return (
+            "text"
+            if self.text_encoder is not None
+            else "latent"
+            if self.vae is not None
+            else "pixel"
+        )
+
+    @property
+    def denoiser(self) -> invmm.Denoiser | invmm.ConditionalDenoiser:
+        if self.text_encoder is not None:
+            return invmm.unet_cond_denoiser(self.unet)
         return invmm.unet_denoiser(self.unet)
 
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return images
+        return self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode().float() * self.scale
 
-def load_pixel_model(path: str | Path, device: str = "cpu") -> PixelModel:
-    """A local diffusers pipeline directory (model_index.json) with a UNet2DModel and a DDPM or
-    DDIM scheduler. Never downloads."""
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return x
+        return self.vae.decode((x / self.scale).to(self.vae.dtype)).sample.float().clamp(-1, 1)
+
+
+def load_model(path: str | Path, device: str = "cpu") -> InversionModel:
+    """A local diffusers pipeline directory with an eps-prediction UNet: pixel-space
+    (UNet2DModel, DDPM/DDIM) or text-to-image (VAE + text encoder + UNet2DConditionModel).
+    Never downloads."""
+    from memlens.diffusion import load_pipeline
+    from memlens.errors import ModelUnavailableError
+
     p = Path(path)
     if not p.is_dir():
         raise ValueError(f"--model: {str(p)!r} is not a directory (a local diffusers pipeline)")
-    if not (p / "model_index.json").is_file():
-        raise ValueError(f"--model: {str(p)!r} has no model_index.json (not a diffusers pipeline)")
     try:
-        from diffusers import DiffusionPipeline, UNet2DModel
-    except ImportError as e:  # pragma: no cover - dev installs have it
-        from memlens.errors import ModelUnavailableError
-
-        raise ModelUnavailableError(
-            "memlens invert needs diffusers: pip install 'memlens[diffusion]'"
-        ) from e
-    pipe = DiffusionPipeline.from_pretrained(str(p), local_files_only=True)
-    unet = getattr(pipe, "unet", None)
-    if getattr(pipe, "vae", None) is not None or getattr(pipe, "text_encoder", None) is not None:
+        pipe = load_pipeline(p, device=device)
+    except ModelUnavailableError as e:
+        if (p / "model_index.json").is_file():
+            raise
         raise ValueError(
-            f"--model: {str(p)!r} is a latent or text-conditional pipeline; memlens invert "
-            "supports pixel-space UNet2DModel pipelines for now"
+            f"--model: {str(p)!r} has no model_index.json (not a diffusers pipeline)"
+        ) from e
+    unet = getattr(pipe, "unet", None)
+    if unet is None or type(unet).__name__ not in ("UNet2DModel", "UNet2DConditionModel"):
+        raise ValueError(f"--model: {str(p)!r} has no UNet2DModel/UNet2DConditionModel 'unet'")
+    if (type(unet).__name__ == "UNet2DConditionModel") != (
+        getattr(pipe, "text_encoder", None) is not None
+    ):
+        raise ValueError(
+            f"--model: {str(p)!r}: a conditional UNet needs the pipeline's text encoder"
         )
-    if not isinstance(unet, UNet2DModel):
-        msg = f"--model: {str(p)!r} has no UNet2DModel 'unet' component"
-        raise ValueError(msg)  # noqa: TRY004 - a user's directory: reported as a user error
     sched = pipe.scheduler
     if getattr(sched.config, "prediction_type", "epsilon") != "epsilon":
         raise ValueError(
             f"--model: only eps-prediction schedulers are supported; got {sched.config.prediction_type!r}"
         )
-    unet.to(device)  # type: ignore[attr-defined]  # ModelMixin is an nn.Module
-    return PixelModel(unet, torch.as_tensor(sched.alphas_cumprod), str(p))
+    return InversionModel(pipe, str(p))
 
 
 def load_targets(paths: Sequence[str], size: int, channels: int) -> torch.Tensor:
@@ -116,7 +155,7 @@ def run_invert(
     images: Sequence[str],
     out: str | Path,
     *,
-    preset: str = "pixel",
+    preset: str | None = None,
     overrides: dict[str, Any] | None = None,
     batch: int = 16,
     seed: int = 0,
@@ -124,11 +163,10 @@ def run_invert(
     resume: bool = False,
     backend: str | None = None,
     progress: bool = True,
-    similarity: Callable[[torch.Tensor], invmm.Similarity] | None = None,
+    similarity: Callable[[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], invmm.Similarity]
+    | None = None,
 ) -> list[dict[str, Any]]:
     """Invert every image; returns all result rows (this run's and earlier ones on resume)."""
-    if preset not in invmm.PRESETS:
-        raise ValueError(f"--preset must be one of {sorted(invmm.PRESETS)}; got {preset!r}")
     if batch < 1:
         raise ValueError(f"--batch must be >= 1; got {batch}")
     if not images:
@@ -136,6 +174,10 @@ def run_invert(
     for p in images:
         if not Path(p).is_file():
             raise ValueError(f"--images: {p!r} is not a file")
+    pm = load_model(model)
+    preset = preset or ("pixel" if pm.kind == "pixel" else pm.kind)
+    if preset not in invmm.PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(invmm.PRESETS)}; got {preset!r}")
     settings = invmm.with_overrides(invmm.PRESETS[preset], **(overrides or {}))
     settings.validate()
     run = Path(out)
@@ -143,20 +185,27 @@ def run_invert(
         raise ValueError(f"--out: {str(run)!r} holds a run; pass --resume to continue it")
     run.mkdir(parents=True, exist_ok=True)
     (run / PARAMS).mkdir(exist_ok=True)
-    pm = load_pixel_model(model)
     done = {r["path"]: r for r in read_results(run / RESULTS)} if resume else {}
     todo = [(i, p) for i, p in enumerate(images) if str(p) not in done]
     write_run_json(run, "invert", {**asdict(settings), "preset": preset, "batch": batch,
-                                   "seed": seed, "embedder": embedder}, model=str(model))  # fmt: skip
+                                   "seed": seed, "embedder": embedder, "kind": pm.kind},
+                   model=str(model))  # fmt: skip
     make_sim = similarity or _sscd_factory(embedder)
     bar = Progress(len(todo), "invert", enabled=progress)
     rows = list(done.values())
     with ResultWriter(run) as w:
         for b0 in range(0, len(todo), batch):
             chunk = todo[b0 : b0 + batch]
-            targets = load_targets([p for _, p in chunk], pm.size, pm.channels)
-            res = invmm.invert(pm.denoiser, pm.alphas_cumprod, targets, make_sim(targets),
-                               settings=settings, seed=seed + b0, backend=backend)  # fmt: skip
+            images_t = load_targets([p for _, p in chunk], pm.size, pm.channels)
+            targets = pm.encode(images_t)
+            sp = None
+            if pm.text_encoder is not None:
+                sp = invmm.SoftPrompt(
+                    pm.text_encoder, pm.tokenizer, len(chunk), settings, seed=seed + b0
+                )
+            res = invmm.invert(pm.denoiser, pm.alphas_cumprod, targets,
+                               make_sim(images_t, pm.decode), settings=settings, seed=seed + b0,
+                               backend=backend, soft_prompt=sp)  # fmt: skip
             for (i, path), r in zip(chunk, res, strict=True):
                 row = _row(i, path, r)
                 buf = _npz(r)
@@ -171,18 +220,24 @@ def run_invert(
     return rows
 
 
-def _sscd_factory(name: str) -> Callable[[torch.Tensor], invmm.Similarity]:
+def _sscd_factory(
+    name: str,
+) -> Callable[[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], invmm.Similarity]:
+    """similarity(target images, decode): model-space samples are decoded to images first."""
     from memlens.embed import get_embedder
 
     emb = get_embedder(name)
-    return lambda targets: invmm.sscd_similarity(targets, emb)
+    return lambda images, decode: invmm.sscd_similarity(images, emb, decode)
 
 
 def _npz(r: invmm.InvMMResult) -> bytes:
     import io
 
     f = io.BytesIO()
-    np.savez(f, mu=r.mu, logvar=r.logvar)
+    arrays: dict[str, np.ndarray] = {"mu": r.mu, "logvar": r.logvar}
+    if r.soft_prompt is not None:  # (L, |V|): float16 halves ~15 MB per image for real CLIP
+        arrays["soft_prompt"] = r.soft_prompt.astype(np.float16)
+    np.savez(f, **arrays)  # type: ignore[arg-type]
     return f.getvalue()
 
 

@@ -33,9 +33,11 @@ __all__ = [
     "AdaptiveWeight",
     "InvMMResult",
     "InvMMSettings",
+    "SoftPrompt",
     "ddim_sample",
     "invert",
     "is_success",
+    "unet_cond_denoiser",
     "unet_denoiser",
 ]
 
@@ -59,6 +61,10 @@ class InvMMSettings:
     clip: bool = True  # clip x0 to [-1, 1] in the sampler (pixel models)
     history: int = 100  # running-mean window of the x0 loss
     lr: float = 0.1  # Adam learning rate (other Adam settings: torch defaults)
+    # text-conditional models: the check samples with classifier-free guidance at each scale
+    guidance_scales: tuple[float, ...] = ()
+    soft_prompt_tokens: int = 75  # learned tokens at positions 1..L of the text encoder
+    gumbel_tau: float = 2.0  # Gumbel-softmax temperature of the soft prompt
 
     def validate(self) -> None:
         for name in ("steps", "samples", "check_every", "check_noises", "ddim_steps", "history"):
@@ -78,7 +84,14 @@ class InvMMSettings:
 PRESETS: dict[str, InvMMSettings] = {
     "pixel": InvMMSettings(),
     "latent": InvMMSettings(samples=16, check_every=10, delta=5e-4, ddim_steps=50, clip=False),
-    "text": InvMMSettings(samples=16, check_every=50, delta=1e-3, ddim_steps=50, clip=False),
+    "text": InvMMSettings(
+        samples=16,
+        check_every=50,
+        delta=1e-3,
+        ddim_steps=50,
+        clip=False,
+        guidance_scales=(1, 2, 3, 4, 5, 6, 7),
+    ),
 }
 
 
@@ -172,6 +185,77 @@ def unet_denoiser(unet: Any) -> Denoiser:
     return f
 
 
+class SoftPrompt:
+    """The caption-free, adversarial conditioning of the text-conditional InvMM (§2.2): per
+    target, ``log_coeffs`` (L, |V|) from 0; each use draws coefficients by Gumbel-softmax
+    (tau, soft) and feeds ``coeffs @ token_embeddings`` to the text encoder at positions 1..L
+    of the empty prompt (a forward hook on its token-embedding layer), optimised with
+    Adam(lr, no weight decay) jointly with q."""
+
+    def __init__(self, text_encoder: Any, tokenizer: Any, n: int, s: InvMMSettings,
+                 *, device: torch.device | str = "cpu", seed: int = 0) -> None:  # fmt: skip
+        self.encoder = text_encoder.eval().requires_grad_(False)
+        self.layer = text_encoder.get_input_embeddings()
+        self.vocab = self.layer.weight.detach()  # (V, E)
+        max_len = int(tokenizer.model_max_length)
+        ids = tokenizer([""], padding="max_length", max_length=max_len, truncation=True,
+                        return_tensors="pt").input_ids.to(device)  # fmt: skip
+        self.ids = ids  # (1, max_len)
+        self.tokens = max(1, min(s.soft_prompt_tokens, max_len - 2))
+        self.tau = s.gumbel_tau
+        self.log_coeffs = torch.zeros((n, self.tokens, self.vocab.shape[0]), device=device,
+                                      requires_grad=True)  # fmt: skip
+        self.opt = torch.optim.Adam([self.log_coeffs], lr=s.lr, weight_decay=0.0)
+        self.gen = torch.Generator(device=device).manual_seed(seed + 2)
+        with torch.no_grad():
+            self.uncond = self.encoder(ids)[0]  # (1, max_len, H): the empty prompt
+
+    def _gumbel(self, logits: torch.Tensor) -> torch.Tensor:
+        # torch's gumbel_softmax draws from the global RNG; a local generator keeps runs
+        # reproducible whatever else draws random numbers
+        u = torch.rand(logits.shape, generator=self.gen, device=logits.device).clamp_(1e-10, 1.0)
+        return torch.softmax((logits - torch.log(-torch.log(u))) / self.tau, dim=-1)
+
+    def cond(self, rows: torch.Tensor) -> torch.Tensor:
+        """Text-encoder states (M, max_len, H) for soft-prompt rows ``rows`` (M,), one Gumbel
+        draw each; differentiable w.r.t. ``log_coeffs``."""
+        tok = self._gumbel(self.log_coeffs[rows]) @ self.vocab.to(self.log_coeffs.dtype)
+        m, length = len(rows), self.tokens
+
+        def hook(_mod: Any, _inp: Any, out: torch.Tensor) -> torch.Tensor:
+            out = out.expand(m, -1, -1).clone()
+            out[:, 1 : 1 + length] = tok.to(out.dtype)
+            return out
+
+        h = self.layer.register_forward_hook(hook)
+        try:
+            states: torch.Tensor = self.encoder(self.ids.expand(m, -1))[0]
+        finally:
+            h.remove()
+        return states
+
+    def step(self, grad: torch.Tensor | None) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        if grad is not None:
+            self.log_coeffs.grad = grad
+            self.opt.step()
+
+
+ConditionalDenoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def unet_cond_denoiser(unet: Any) -> ConditionalDenoiser:
+    """``denoiser(x_t, t, text_states)`` of a diffusers UNet2DConditionModel (eps)."""
+
+    def f(x: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = unet(
+            x.to(unet.dtype), t, encoder_hidden_states=states.to(unet.dtype)
+        ).sample
+        return out
+
+    return f
+
+
 @dataclass
 class InvMMResult:
     """One target's outcome: ``score`` (per-dimension KL; +inf = not regenerated within the
@@ -186,6 +270,7 @@ class InvMMResult:
     similarities: list[tuple[int, float]] = field(default_factory=list)  # (step, min similarity)
     losses: list[float] = field(default_factory=list)  # x0 loss per step
     weights: list[float] = field(default_factory=list)  # w after each check
+    soft_prompt: np.ndarray | None = None  # text models: the learned log-coefficients (L, |V|)
 
 
 def _timestep_coefs(
@@ -197,7 +282,7 @@ def _timestep_coefs(
 
 
 def invert(
-    denoiser: Denoiser,
+    denoiser: Denoiser | ConditionalDenoiser,
     alphas_cumprod: torch.Tensor,
     targets: torch.Tensor,
     similarity: Similarity,
@@ -206,12 +291,16 @@ def invert(
     seed: int = 0,
     backend: str | None = None,
     model_dtype: torch.dtype = torch.float32,
+    soft_prompt: SoftPrompt | None = None,
     on_step: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
 ) -> list[InvMMResult]:
     """Invert every target (N, *shape) in model space (pixels in [-1, 1], or latents).
 
     ``similarity(samples, index)`` -> (M,) similarity of each generated sample (model space,
     (M, *shape)) to its target ``index`` (M,) (e.g. SSCD cosine, see :func:`sscd_similarity`).
+    With ``soft_prompt`` (text-conditional models) ``denoiser(x_t, t, text_states)`` is
+    conditioned on the learned soft prompt, which is optimised jointly, and the success check
+    samples with classifier-free guidance at each of ``settings.guidance_scales``.
     ``on_step(step, active_indices, x0_losses)`` is called after every step (progress)."""
     settings.validate()
     if targets.ndim < 2 or targets.shape[0] < 1:
@@ -237,10 +326,22 @@ def invert(
     xt = inv.sample_xt(state, x0, a, s, dtype=model_dtype, backend=backend)
     for step in range(settings.steps):
         xt = xt.detach().requires_grad_(True)
+        sp_grad = None
         with torch.enable_grad():
-            eps = denoiser(xt.flatten(0, 1), t.flatten().to(dev)).view_as(xt)
+            tf = t.flatten().to(dev)
+            if soft_prompt is not None:
+                rows = torch.as_tensor(np.repeat(active, b), device=dev)
+                eps = denoiser(xt.flatten(0, 1), tf, soft_prompt.cond(rows)).view_as(xt)  # type: ignore[call-arg]
+            else:
+                eps = denoiser(xt.flatten(0, 1), tf).view_as(xt)  # type: ignore[call-arg]
             sse, g_eps = inv.x0_loss(xt, eps, x0, a, s, check=False, backend=backend)
-            (g_model,) = torch.autograd.grad(eps, xt, g_eps.to(eps.dtype))
+            wrt = [xt] if soft_prompt is None else [xt, soft_prompt.log_coeffs]
+            grads = torch.autograd.grad(eps, wrt, g_eps.to(eps.dtype))
+            g_model = grads[0]
+            if soft_prompt is not None:
+                sp_grad = grads[1]
+        if soft_prompt is not None:
+            soft_prompt.step(sp_grad)
         p = (sse.sum(1) / (b * d)).cpu().numpy()
         w_now = torch.as_tensor(weights.w, dtype=torch.float32, device=dev)
         t, a2, s2 = _timestep_coefs(ab, len(active), b, gen)
@@ -256,7 +357,7 @@ def invert(
             on_step(step, active.copy(), p)
         if not is_check:
             continue
-        min_sim = _check(state, denoiser, ab, settings, similarity, active, check_gen)
+        min_sim = _check(state, denoiser, ab, settings, similarity, active, check_gen, soft_prompt)
         ok = min_sim >= settings.beta
         for k, i in enumerate(active):
             sims[int(i)].append((step, float(min_sim[k])))
@@ -269,6 +370,7 @@ def invert(
             results[j] = InvMMResult(
                 j, float(kl[k]), True, step + 1, state.mu[k].cpu().numpy().reshape(shape),
                 state.logvar[k].cpu().numpy().reshape(shape), sims[j], losses[j], ws[j],
+                _coeffs(soft_prompt, j),
             )  # fmt: skip
         keep = ~ok
         active = active[keep]
@@ -283,43 +385,69 @@ def invert(
         results[int(i)] = InvMMResult(
             int(i), math.inf, False, settings.steps, state.mu[k].cpu().numpy().reshape(shape),
             state.logvar[k].cpu().numpy().reshape(shape), sims[int(i)], losses[int(i)], ws[int(i)],
+            _coeffs(soft_prompt, int(i)),
         )  # fmt: skip
     return [results[i] for i in range(n)]
 
 
+def _coeffs(sp: SoftPrompt | None, row: int) -> np.ndarray | None:
+    return None if sp is None else sp.log_coeffs[row].detach().cpu().numpy()
+
+
 def _check(
     state: inv.InversionState,
-    denoiser: Denoiser,
+    denoiser: Denoiser | ConditionalDenoiser,
     ab: torch.Tensor,
     s: InvMMSettings,
     similarity: Similarity,
     active: np.ndarray,
     gen: torch.Generator,
+    soft_prompt: SoftPrompt | None = None,
 ) -> np.ndarray:
-    """Minimum similarity over ``check_noises`` DDIM samples from q, per active target."""
+    """Minimum similarity over ``check_noises`` DDIM samples from q, per active target (text
+    models: the best guidance scale's minimum, so >= beta iff some scale succeeds)."""
     n, k = state.n, s.check_noises
     dev = state.mu.device
     z = torch.randn((n, k, state.d), generator=gen, device=dev)
-    noise = state.mu[:, None] + z * torch.exp(0.5 * state.logvar)[:, None]
-    x = ddim_sample(denoiser, noise.reshape(n * k, *state.shape), ab, s.ddim_steps, clip=s.clip)
+    noise = (state.mu[:, None] + z * torch.exp(0.5 * state.logvar)[:, None]).reshape(
+        n * k, *state.shape
+    )
     idx = torch.as_tensor(np.repeat(active, k), device=dev)
-    sim = similarity(x, idx).reshape(n, k).float()
-    return np.asarray(sim.min(dim=1).values.cpu().numpy(), dtype=np.float64)
+    if soft_prompt is None:
+        x = ddim_sample(denoiser, noise, ab, s.ddim_steps, clip=s.clip)  # type: ignore[arg-type]
+        sim = similarity(x, idx).reshape(n, k).float()
+        return np.asarray(sim.min(dim=1).values.cpu().numpy(), dtype=np.float64)
+    with torch.no_grad():
+        cond = soft_prompt.cond(torch.as_tensor(active, device=dev)).repeat_interleave(k, 0)
+    uncond = soft_prompt.uncond.expand(n * k, -1, -1)
+    both = torch.cat([uncond, cond])
+    per_scale = []
+    for scale in s.guidance_scales or (1.0,):
+
+        def cfg(x: torch.Tensor, t: torch.Tensor, g: float = float(scale)) -> torch.Tensor:
+            e_u, e_c = denoiser(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)  # type: ignore[call-arg]
+            return e_u + g * (e_c - e_u)
+
+        x = ddim_sample(cfg, noise, ab, s.ddim_steps, clip=s.clip, batch=len(noise))
+        per_scale.append(similarity(x, idx).reshape(n, k).float().min(dim=1).values)
+    best = torch.stack(per_scale, 1).max(dim=1).values
+    return np.asarray(best.cpu().numpy(), dtype=np.float64)
 
 
 def sscd_similarity(
-    targets: torch.Tensor,
+    target_images: torch.Tensor,
     embedder: Any,
-    to_images: Callable[[torch.Tensor], np.ndarray] | None = None,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Similarity:
     """Cosine similarity of the embedder's descriptors (SSCD by default in memlens) between
-    each sample and its target; ``to_images`` maps model-space tensors to uint8 (M, H, W, 3)
-    RGB (default: pixels in [-1, 1], channels first)."""
-    conv = to_images or pixels_to_uint8
-    target_emb = torch.from_numpy(embedder.embed(conv(targets)))
+    each generated sample and its target. ``target_images`` (N, C, H, W) in [-1, 1];
+    ``decode`` maps model-space samples to such images (VAE decode for latent models; none
+    for pixel models)."""
+    target_emb = torch.from_numpy(embedder.embed(pixels_to_uint8(target_images)))
 
     def f(samples: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        e = torch.from_numpy(embedder.embed(conv(samples)))
+        images = decode(samples) if decode is not None else samples
+        e = torch.from_numpy(embedder.embed(pixels_to_uint8(images)))
         return (e * target_emb[index.cpu()]).sum(1)
 
     return f

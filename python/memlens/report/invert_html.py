@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -66,22 +67,38 @@ def _curve_svg(
 
 
 def _samples(model: Any, params: Path, settings: dict[str, Any], seed: int) -> list[str]:
+    """Images regenerated from the learned q (text models: conditioned on one draw of the
+    learned soft prompt, no guidance), decoded to pixels."""
     from memlens.metrics import invmm
 
     try:
         z = np.load(params)
         mu, lv = torch.from_numpy(z["mu"]), torch.from_numpy(z["logvar"])
+        coeffs = z["soft_prompt"] if "soft_prompt" in z.files else None
     except (OSError, KeyError, ValueError):
         return []
     g = torch.Generator().manual_seed(seed)
     noise = mu + torch.randn((SAMPLES_SHOWN, *mu.shape), generator=g) * torch.exp(0.5 * lv)
-    x = invmm.ddim_sample(model.denoiser, noise, model.alphas_cumprod,
-                          int(settings.get("ddim_steps", 50)), clip=bool(settings.get("clip", True)))  # fmt: skip
-    return [_png(im) for im in invmm.pixels_to_uint8(x)]
+    den = model.denoiser
+    if model.text_encoder is not None:
+        if coeffs is None:
+            return []
+        known = {f.name for f in dataclasses.fields(invmm.InvMMSettings)}
+        sp = invmm.SoftPrompt(model.text_encoder, model.tokenizer, 1,
+                              invmm.InvMMSettings(**{k: v for k, v in settings.items() if k in known
+                                                     and k != "guidance_scales"}), seed=seed)  # fmt: skip
+        with torch.no_grad():
+            sp.log_coeffs.copy_(torch.from_numpy(coeffs.astype(np.float32))[None])
+            states = sp.cond(torch.zeros(SAMPLES_SHOWN, dtype=torch.long))
+        cond_den = den
+        den = lambda x, t: cond_den(x, t, states[: len(x)])
+    x = invmm.ddim_sample(den, noise, model.alphas_cumprod, int(settings.get("ddim_steps", 50)),
+                          clip=bool(settings.get("clip", True)), batch=SAMPLES_SHOWN)  # fmt: skip
+    return [_png(im) for im in invmm.pixels_to_uint8(model.decode(x))]
 
 
 def render(run_dir: str | Path, model: Any = None) -> Path:
-    """Write run_dir/report.html; with ``model`` (engine.invert.PixelModel) the regenerated
+    """Write run_dir/report.html; with ``model`` (engine.invert.InversionModel) the regenerated
     samples are drawn too."""
     run = Path(run_dir)
     rows = sorted(
