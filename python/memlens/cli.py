@@ -150,9 +150,8 @@ def _parser() -> argparse.ArgumentParser:
     inv.add_argument("--out", required=True, help="run directory")
     inv.add_argument(
         "--preset",
-        default="pixel",
         choices=["pixel", "latent", "text"],
-        help="hyperparameters of the paper's code path (methods.md §2.6)",
+        help="hyperparameters of the paper's code path (methods.md §2.6); default: the model's kind",
     )
     inv.add_argument("--max-steps", type=_positive, help="optimisation steps at most (S)")
     inv.add_argument("--samples", type=_positive, help="noise samples per image and step (B)")
