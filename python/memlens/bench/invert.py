@@ -126,6 +126,31 @@ def torch_step(c: Case, p: dict[str, Any], *, fused: bool, compiled: bool) -> Ca
     return step
 
 
+def end_to_end(steps: int, backend: str | None, dev: str) -> dict[str, Any]:
+    """One InvMM inversion (pixel preset, ``steps`` steps, no early exit: an untrained model)
+    of one 32 x 32 image on a tiny randomly initialised UNet2DModel: seconds per section."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from memlens.metrics import invmm
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
+                       block_out_channels=(32, 64), norm_num_groups=8,
+                       down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D")).to(dev).requires_grad_(False)  # fmt: skip
+    ab = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
+    target = torch.rand(1, 3, 32, 32, device=dev) * 2 - 1
+    sim = lambda x, i: -((x - target[i]) ** 2).flatten(1).mean(1)  # < 0: never succeeds
+    s = invmm.with_overrides(invmm.PRESETS["pixel"], steps=steps, ddim_steps=20)
+    timings: dict[str, float] = {}
+    invmm.invert(invmm.unet_denoiser(unet), ab, target, sim, settings=s, backend=backend,
+                 timings=timings)  # fmt: skip
+    total = timings["total"]
+    return {"steps": steps, "samples": s.samples, "seconds": timings,
+            "share_outside_model": 1 - timings.get("model", 0.0) / total,
+            "share_passes": timings.get("passes", 0.0) / total}  # fmt: skip
+
+
 def run(smoke: bool = False, json_path: str | None = None, repeat: int | None = None,
         backend: str | None = None, compiled: bool | None = None,
         cases: list[Case] | None = None) -> dict[str, Any]:  # fmt: skip
@@ -159,7 +184,10 @@ def run(smoke: bool = False, json_path: str | None = None, repeat: int | None = 
             row["vs_compiled"] = t_comp / t_mem
         rows.append(row)
         print(json.dumps(row), flush=True)
-    result = {"meta": metadata(), "device": dev, "backend": backend, "probe_gbps": probe, "threads": torch.get_num_threads(),
+    e2e = end_to_end(5 if smoke else 50, backend, dev)
+    print(json.dumps({"end_to_end": e2e}), flush=True)
+    result = {"meta": metadata(), "device": dev, "backend": backend, "probe_gbps": probe,
+              "end_to_end": e2e, "threads": torch.get_num_threads(),
               "omp_threads": os.environ.get("OMP_NUM_THREADS"), "rows": rows}  # fmt: skip
     print(f"{'case':<12}{'memlens ms':>11}{'passes GB/s':>12}{'% probe':>8}{'x eager':>8}"
           f"{'x fusedAdam':>12}{'x compiled':>11}")  # fmt: skip

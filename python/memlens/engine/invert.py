@@ -203,9 +203,12 @@ def run_invert(
                 sp = invmm.SoftPrompt(
                     pm.text_encoder, pm.tokenizer, len(chunk), settings, seed=seed + b0
                 )
+            status = _Status(progress, f"batch {b0 // batch + 1}/{-(-len(todo) // batch)}",
+                             settings.steps)  # fmt: skip
             res = invmm.invert(pm.denoiser, pm.alphas_cumprod, targets,
                                make_sim(images_t, pm.decode), settings=settings, seed=seed + b0,
-                               backend=backend, soft_prompt=sp)  # fmt: skip
+                               backend=backend, soft_prompt=sp, on_step=status)  # fmt: skip
+            status.close()
             for (i, path), r in zip(chunk, res, strict=True):
                 row = _row(i, path, r)
                 buf = _npz(r)
@@ -228,6 +231,42 @@ def _sscd_factory(
 
     emb = get_embedder(name)
     return lambda images, decode: invmm.sscd_similarity(images, emb, decode)
+
+
+class _Status:
+    """One progress line per batch on stderr: step, active images, their x0 loss, the
+    normality weight and the best check similarity so far (redrawn in place on a terminal,
+    every few seconds otherwise)."""
+
+    def __init__(self, enabled: bool, label: str, steps: int) -> None:
+        import sys
+
+        self.enabled, self.label, self.steps = enabled, label, steps
+        self.stream = sys.stderr
+        self.tty = self.stream.isatty()
+        self.last = 0.0
+        self.best = float("nan")
+        self.line = ""
+
+    def __call__(self, info: invmm.StepInfo) -> None:
+        import time
+
+        if info.similarities is not None and len(info.similarities):
+            m = float(np.max(info.similarities))
+            self.best = m if math.isnan(self.best) else max(self.best, m)
+        now = time.perf_counter()
+        if not self.enabled or now - self.last < (0.2 if self.tty else 5.0):
+            return
+        self.last = now
+        self.line = (f"invert {self.label}: step {info.step + 1}/{self.steps}, "
+                     f"{len(info.active)} active, loss {float(np.mean(info.losses)):.4g}, "
+                     f"w {float(np.mean(info.weights)):.3g}, best similarity {self.best:.3f}")  # fmt: skip
+        self.stream.write(("\r" + self.line + "\x1b[K") if self.tty else self.line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self.line:
+            self.stream.write("\n")
 
 
 def _npz(r: invmm.InvMMResult) -> bytes:

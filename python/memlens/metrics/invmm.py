@@ -17,6 +17,7 @@ Model interface: ``denoiser(x_t, t) -> eps`` (batched; t int64 (M,)) and the sch
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,7 @@ __all__ = [
     "InvMMResult",
     "InvMMSettings",
     "SoftPrompt",
+    "StepInfo",
     "ddim_sample",
     "invert",
     "is_success",
@@ -292,7 +294,8 @@ def invert(
     backend: str | None = None,
     model_dtype: torch.dtype = torch.float32,
     soft_prompt: SoftPrompt | None = None,
-    on_step: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> list[InvMMResult]:
     """Invert every target (N, *shape) in model space (pixels in [-1, 1], or latents).
 
@@ -301,7 +304,9 @@ def invert(
     With ``soft_prompt`` (text-conditional models) ``denoiser(x_t, t, text_states)`` is
     conditioned on the learned soft prompt, which is optimised jointly, and the success check
     samples with classifier-free guidance at each of ``settings.guidance_scales``.
-    ``on_step(step, active_indices, x0_losses)`` is called after every step (progress)."""
+    ``on_step(StepInfo)`` is called after every step (progress lines). ``timings``, when
+    given, accumulates seconds spent in "model" (denoiser forward and backward), "passes"
+    (the fused loss and update passes), "check" (success checks) and "total"."""
     settings.validate()
     if targets.ndim < 2 or targets.shape[0] < 1:
         raise ValueError(f"targets must be (N, ...) with N >= 1; got {tuple(targets.shape)}")
@@ -323,6 +328,7 @@ def invert(
 
     t, a, s = _timestep_coefs(ab, n, b, gen)
     a, s = a.to(dev), s.to(dev)
+    clock = _Clock(timings, dev)
     xt = inv.sample_xt(state, x0, a, s, dtype=model_dtype, backend=backend)
     for step in range(settings.steps):
         xt = xt.detach().requires_grad_(True)
@@ -334,7 +340,9 @@ def invert(
                 eps = denoiser(xt.flatten(0, 1), tf, soft_prompt.cond(rows)).view_as(xt)  # type: ignore[call-arg]
             else:
                 eps = denoiser(xt.flatten(0, 1), tf).view_as(xt)  # type: ignore[call-arg]
+            clock.lap("model")
             sse, g_eps = inv.x0_loss(xt, eps, x0, a, s, check=False, backend=backend)
+            clock.lap("passes")
             wrt = [xt] if soft_prompt is None else [xt, soft_prompt.log_coeffs]
             grads = torch.autograd.grad(eps, wrt, g_eps.to(eps.dtype))
             g_model = grads[0]
@@ -342,22 +350,31 @@ def invert(
                 sp_grad = grads[1]
         if soft_prompt is not None:
             soft_prompt.step(sp_grad)
+        clock.lap("model")
         p = (sse.sum(1) / (b * d)).cpu().numpy()
         w_now = torch.as_tensor(weights.w, dtype=torch.float32, device=dev)
         t, a2, s2 = _timestep_coefs(ab, len(active), b, gen)
         a2, s2 = a2.to(dev), s2.to(dev)
+        clock.lap("other")
         xt_next = inv.update(state, g_eps, g_model, s, w_now, x0=x0, next_coefs=(a2, s2),
                              adam=adam, check=False, backend=backend)  # fmt: skip
+        clock.lap("passes")
         assert xt_next is not None
         xt, a, s = xt_next, a2, s2
         for k, i in enumerate(active):
             losses[int(i)].append(float(p[k]))
         is_check = weights.record(step, p)
+        min_sim = None
+        if is_check:
+            min_sim = _check(
+                state, denoiser, ab, settings, similarity, active, check_gen, soft_prompt
+            )
+            clock.lap("check")
         if on_step is not None:
-            on_step(step, active.copy(), p)
-        if not is_check:
+            on_step(StepInfo(step, active.copy(), p, weights.w.copy(), min_sim))
+        clock.lap("other")
+        if min_sim is None:
             continue
-        min_sim = _check(state, denoiser, ab, settings, similarity, active, check_gen, soft_prompt)
         ok = min_sim >= settings.beta
         for k, i in enumerate(active):
             sims[int(i)].append((step, float(min_sim[k])))
@@ -388,6 +405,35 @@ def invert(
             _coeffs(soft_prompt, int(i)),
         )  # fmt: skip
     return [results[i] for i in range(n)]
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a progress display needs after one optimisation step."""
+
+    step: int
+    active: np.ndarray  # target indices still being inverted
+    losses: np.ndarray  # their x0 loss this step
+    weights: np.ndarray  # their normality weight w after this step
+    similarities: np.ndarray | None  # at check steps: the minimum check similarity
+
+
+class _Clock:
+    """Accumulates wall time per section into ``out`` (synchronizing a GPU at each lap)."""
+
+    def __init__(self, out: dict[str, float] | None, device: torch.device) -> None:
+        self.out, self.cuda = out, device.type == "cuda"
+        self.t = self.t0 = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.out is None:
+            return
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.out[name] = self.out.get(name, 0.0) + now - self.t
+        self.out["total"] = self.out.get("total", 0.0) + now - self.t
+        self.t = now
 
 
 def _coeffs(sp: SoftPrompt | None, row: int) -> np.ndarray | None:
