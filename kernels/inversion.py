@@ -24,8 +24,8 @@ BLOCK = 1024
 
 
 @triton.jit
-def _philox2(c0, c1, c2, c3, k0, k1):
-    """Philox4x32-10 on uint32 blocks; returns the first two output words."""
+def _philox4(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 on uint32 blocks: the four output words."""
     for _ in tl.static_range(10):
         a_c0 = c0
         b_c2 = c2
@@ -35,7 +35,7 @@ def _philox2(c0, c1, c2, c3, k0, k1):
         c3 = a_c0 * 0xD2511F53
         k0 = k0 + 0x9E3779B9
         k1 = k1 + 0xBB67AE85
-    return c0, c1
+    return c0, c1, c2, c3
 
 
 @triton.jit
@@ -79,16 +79,21 @@ def _exp(x):
 
 
 @triton.jit
-def _normal(L, step, k0, k1):
-    """The memlens normal at int64 counters L (see the reference)."""
-    lo = (L & 0xFFFFFFFF).to(tl.uint32)
-    hi = (L >> 32).to(tl.uint32)
-    c2 = tl.zeros_like(lo) + step.to(tl.uint32)
-    c3 = tl.zeros_like(lo) + PHILOX_TAG
+def _normal(row, j, step, k0, k1):
+    """The memlens normal of sample row ``row`` (scalar) at columns ``j`` (int64 block): normal
+    (j & 3) of the Philox block (j >> 2, row, step, tag); see the reference."""
+    g = (j >> 2).to(tl.uint32)
+    c1 = tl.zeros_like(g) + row.to(tl.uint32)
+    c2 = tl.zeros_like(g) + step.to(tl.uint32)
+    c3 = tl.zeros_like(g) + PHILOX_TAG
     # keys arrive as int32 or int64 scalars (by value): their low 32 bits are the key words
-    x0, x1 = _philox2(lo, hi, c2, c3, k0.to(tl.uint32), k1.to(tl.uint32))
-    u1 = (2 * (x0 >> 9) + 1).to(tl.float32) * 5.9604644775390625e-08
-    u2 = (x1 >> 8).to(tl.float32) * 5.9604644775390625e-08
+    x0, x1, x2, x3 = _philox4(g, c1, c2, c3, k0.to(tl.uint32), k1.to(tl.uint32))
+    second = (j & 2) != 0
+    p = tl.where(second, x2, x0)
+    q = tl.where(second, x3, x1)
+    u1 = (2 * (p >> 9) + 1).to(tl.float32) * 5.9604644775390625e-08
+    u2 = (q >> 8).to(tl.float32) * 5.9604644775390625e-08
+    u2 = tl.where((j & 1) != 0, u2 - 0.25, u2)  # sin(2 pi u) = cos(2 pi (u - 1/4))
     return tl.sqrt(-2.0 * _log_pos(u1)) * _cos_2pi(u2)
 
 
@@ -106,7 +111,7 @@ def _sample_kernel(MU, LV, X0, A, S, OUT, B, D, k0, k1, step, BLOCK: tl.constexp
     a = tl.load(A + row)
     s = tl.load(S + row)
     L = row.to(tl.int64) * D + offs
-    e = _normal(L, step, k0, k1)
+    e = _normal(row, offs.to(tl.int64), step, k0, k1)
     xt = a * x0 + s * (mu + _exp(0.5 * lv) * e)
     tl.store(OUT + L, xt.to(OUT.dtype.element_ty), mask=mask)
 
@@ -148,7 +153,7 @@ def _update_kernel(
         row = i * B + b
         s = tl.load(S + row)
         L = row.to(tl.int64) * D + offs
-        e = _normal(L, step, k0, k1)
+        e = _normal(row, offs.to(tl.int64), step, k0, k1)
         gn = s * tl.load(GM + L, mask=mask, other=0.0).to(tl.float32)
         if HAS_GE:
             gn -= tl.load(GE + L, mask=mask, other=0.0)
@@ -184,7 +189,7 @@ def _update_kernel(
                 a2 = tl.load(A2 + row)
                 s2 = tl.load(S2 + row)
                 L = row.to(tl.int64) * D + offs
-                e = _normal(L, step2, k0, k1)
+                e = _normal(row, offs.to(tl.int64), step2, k0, k1)
                 xt = a2 * x0 + s2 * (mu + sig * e)
                 tl.store(XN + L, xt.to(XN.dtype.element_ty), mask=mask)
 

@@ -42,18 +42,16 @@ void sample_impl(const float* mu, const float* logvar, const float* x0, const fl
     const float* lv = logvar + i * sh.d + j0;
     const float* x = x0 + i * sh.d + j0;
     alignas(64) float sig[kInvChunk];
+    alignas(64) float eps[kInvChunk];
 #pragma omp simd
     for (int64_t j = 0; j < len; ++j) sig[j] = inv::exp_f(0.5f * lv[j]);
     for (int64_t b = 0; b < sh.b; ++b) {
       const int64_t row = i * sh.b + b;
       const float ab = a[row], sb = s[row];
-      const uint64_t L0 = static_cast<uint64_t>(row * sh.d + j0);
+      inv::fill_normals(eps, static_cast<uint32_t>(row), static_cast<uint64_t>(j0), len, nz.step, k0, k1);
       T* out = xt + row * sh.d + j0;
 #pragma omp simd
-      for (int64_t j = 0; j < len; ++j) {
-        const float e = inv::normal_at(L0 + static_cast<uint64_t>(j), nz.step, k0, k1);
-        out[j] = S::store(ab * x[j] + sb * (m[j] + sig[j] * e));
-      }
+      for (int64_t j = 0; j < len; ++j) out[j] = S::store(ab * x[j] + sb * (m[j] + sig[j] * eps[j]));
     }
   }
 }
@@ -118,27 +116,26 @@ void update_impl(const InvParams& p, const float* x0, const float* g_eps, const 
       gmu[j] = 0.0f;
       glv[j] = 0.0f;
     }
+    alignas(64) float eps[kInvChunk];
     for (int64_t b = 0; b < sh.b; ++b) {
       const int64_t row = i * sh.b + b;
       const float sb = s[row];
-      const uint64_t L0 = static_cast<uint64_t>(row * sh.d + j0);
+      inv::fill_normals(eps, static_cast<uint32_t>(row), static_cast<uint64_t>(j0), len, nz.step, k0, k1);
       const T* g = gm + row * sh.d + j0;
       if (g_eps != nullptr) {
         const float* ge = g_eps + row * sh.d + j0;
 #pragma omp simd
         for (int64_t j = 0; j < len; ++j) {
-          const float e = inv::normal_at(L0 + static_cast<uint64_t>(j), nz.step, k0, k1);
           const float gn = sb * S::load(g[j]) - ge[j];
           gmu[j] += gn;
-          glv[j] += gn * e;
+          glv[j] += gn * eps[j];
         }
       } else {
 #pragma omp simd
         for (int64_t j = 0; j < len; ++j) {
-          const float e = inv::normal_at(L0 + static_cast<uint64_t>(j), nz.step, k0, k1);
           const float gn = sb * S::load(g[j]);
           gmu[j] += gn;
-          glv[j] += gn * e;
+          glv[j] += gn * eps[j];
         }
       }
     }
@@ -186,13 +183,10 @@ void update_impl(const InvParams& p, const float* x0, const float* g_eps, const 
     for (int64_t b = 0; b < sh.b; ++b) {
       const int64_t row = i * sh.b + b;
       const float ab = out.a_next[row], sb = out.s_next[row];
-      const uint64_t L0 = static_cast<uint64_t>(row * sh.d + j0);
+      inv::fill_normals(eps, static_cast<uint32_t>(row), static_cast<uint64_t>(j0), len, step2, q0, q1);
       auto* xo = static_cast<T*>(out.xt_next) + row * sh.d + j0;
 #pragma omp simd
-      for (int64_t j = 0; j < len; ++j) {
-        const float e = inv::normal_at(L0 + static_cast<uint64_t>(j), step2, q0, q1);
-        xo[j] = S::store(ab * x[j] + sb * (mu[j] + sig[j] * e));
-      }
+      for (int64_t j = 0; j < len; ++j) xo[j] = S::store(ab * x[j] + sb * (mu[j] + sig[j] * eps[j]));
     }
   }
 }

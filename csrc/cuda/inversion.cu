@@ -24,7 +24,7 @@ __global__ void sample_kernel(const float* __restrict__ mu, const float* __restr
   if (j >= d) return;
   const int64_t p = row / b * d + j;
   const int64_t L = row * d + j;
-  const float e = inv::normal_at(static_cast<uint64_t>(L), step, k0, k1);
+  const float e = inv::normal_at(static_cast<uint32_t>(row), static_cast<uint64_t>(j), step, k0, k1);
   out[L] = S::store(a[row] * x0[p] + s[row] * (mu[p] + inv::exp_f(0.5f * lv[p]) * e));
 }
 
@@ -82,7 +82,7 @@ __global__ void update_kernel(UpdateArgs u, const typename S::T* __restrict__ gm
   for (int64_t bb = 0; bb < u.b; ++bb) {
     const int64_t row = i * u.b + bb;
     const int64_t L = row * u.d + j;
-    const float e = inv::normal_at(static_cast<uint64_t>(L), u.step, u.k0, u.k1);
+    const float e = inv::normal_at(static_cast<uint32_t>(row), static_cast<uint64_t>(j), u.step, u.k0, u.k1);
     float gn = u.s[row] * S::load(gm[L]);
     if (u.g_eps != nullptr) gn -= u.g_eps[L];
     gmu += gn;
@@ -116,7 +116,7 @@ __global__ void update_kernel(UpdateArgs u, const typename S::T* __restrict__ gm
   for (int64_t bb = 0; bb < u.b; ++bb) {
     const int64_t row = i * u.b + bb;
     const int64_t L = row * u.d + j;
-    const float e = inv::normal_at(static_cast<uint64_t>(L), u.step2, u.q0, u.q1);
+    const float e = inv::normal_at(static_cast<uint32_t>(row), static_cast<uint64_t>(j), u.step2, u.q0, u.q1);
     xo[L] = S::store(u.a_next[row] * x + u.s_next[row] * (mu + sig2 * e));
   }
 }

@@ -40,9 +40,10 @@ MEMLENS_HD static inline float u2f(uint32_t u) {
 #endif
 }
 
-// Philox4x32-10 (Salmon et al., SC'11); returns the first two output words.
-MEMLENS_HD static inline void philox2(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
-                                      uint32_t k0, uint32_t k1, uint32_t& out0, uint32_t& out1) {
+// Philox4x32-10 (Salmon et al., SC'11): the four output words of one counter block.
+MEMLENS_HD static inline void philox4(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                                      uint32_t k0, uint32_t k1, uint32_t& o0, uint32_t& o1,
+                                      uint32_t& o2, uint32_t& o3) {
 #if defined(__CUDACC__)
 #pragma unroll
 #elif defined(__GNUC__)
@@ -60,8 +61,10 @@ MEMLENS_HD static inline void philox2(uint32_t c0, uint32_t c1, uint32_t c2, uin
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  out0 = c0;
-  out1 = c1;
+  o0 = c0;
+  o1 = c1;
+  o2 = c2;
+  o3 = c3;
 }
 
 // ln(u) for normal positive floats: u = m 2^e with m in [sqrt(1/2), sqrt(2)), ln m = 2 atanh(t),
@@ -102,14 +105,50 @@ MEMLENS_HD static inline float sqrt_f(float x) {
 #endif
 }
 
-// The memlens standard normal at 64-bit counter L of noise step `step` (Box-Muller, cos half).
-MEMLENS_HD static inline float normal_at(uint64_t L, uint32_t step, uint32_t k0, uint32_t k1) {
-  uint32_t x0, x1;
-  philox2(static_cast<uint32_t>(L), static_cast<uint32_t>(L >> 32), step, kPhiloxTag, k0, k1, x0, x1);
-  const float u1 = static_cast<float>(2u * (x0 >> 9) + 1u) * 5.9604644775390625e-08f;  // 2^-24
-  const float u2 = static_cast<float>(x1 >> 8) * 5.9604644775390625e-08f;
-  return sqrt_f(-2.0f * log_pos(u1)) * cos_2pi(u2);
+// Box-Muller radius and angle of one word pair: u1 in (0, 1) (exact), u2 in [0, 1).
+MEMLENS_HD static inline float bm_radius(uint32_t p) {
+  const float u1 = static_cast<float>(2u * (p >> 9) + 1u) * 5.9604644775390625e-08f;  // 2^-24
+  return sqrt_f(-2.0f * log_pos(u1));
 }
+MEMLENS_HD static inline float bm_angle(uint32_t q) {
+  return static_cast<float>(q >> 8) * 5.9604644775390625e-08f;
+}
+
+// The memlens standard normal of sample row `row`, element `col`, noise step `step`: normal
+// (col & 3) of the Philox block (col >> 2, row, step, tag) -- two Box-Muller pairs, cos then
+// sin (sin(2 pi u) = cos(2 pi (u - 1/4)), exact shift). See reference/inversion.py.
+MEMLENS_HD static inline float normal_at(uint32_t row, uint64_t col, uint32_t step, uint32_t k0,
+                                         uint32_t k1) {
+  uint32_t x0, x1, x2, x3;
+  philox4(static_cast<uint32_t>(col >> 2), row, step, kPhiloxTag, k0, k1, x0, x1, x2, x3);
+  const bool second = (col & 2u) != 0;
+  const float r = bm_radius(second ? x2 : x0);
+  const float u = bm_angle(second ? x3 : x1);
+  return r * cos_2pi((col & 1u) ? u - 0.25f : u);
+}
+
+#if !defined(__CUDACC__)
+// out[0, len) = the normals of row `row`, columns [col0, col0 + len), col0 a multiple of 4:
+// one Philox block per four columns (the loop vectorizes over blocks).
+static inline void fill_normals(float* out, uint32_t row, uint64_t col0, int64_t len,
+                                uint32_t step, uint32_t k0, uint32_t k1) {
+  const int64_t blocks = len / 4;
+  const uint32_t g0 = static_cast<uint32_t>(col0 >> 2);
+#pragma omp simd
+  for (int64_t q = 0; q < blocks; ++q) {
+    uint32_t x0, x1, x2, x3;
+    philox4(g0 + static_cast<uint32_t>(q), row, step, kPhiloxTag, k0, k1, x0, x1, x2, x3);
+    const float r1 = bm_radius(x0), u1 = bm_angle(x1);
+    const float r2 = bm_radius(x2), u2 = bm_angle(x3);
+    out[4 * q] = r1 * cos_2pi(u1);
+    out[4 * q + 1] = r1 * cos_2pi(u1 - 0.25f);
+    out[4 * q + 2] = r2 * cos_2pi(u2);
+    out[4 * q + 3] = r2 * cos_2pi(u2 - 0.25f);
+  }
+  for (int64_t j = blocks * 4; j < len; ++j)
+    out[j] = normal_at(row, col0 + static_cast<uint64_t>(j), step, k0, k1);
+}
+#endif
 
 // exp(x) for |x| < ~80: 2^(x log2 e) = 2^k 2^f, f in [-1/2, 1/2], degree-6 polynomial
 // (relative error ~2e-8 before rounding); saturates to 0 / +inf outside float's range.

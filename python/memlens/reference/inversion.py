@@ -8,14 +8,19 @@ forward coefficients ``a[i, b] = sqrt(abar_t)`` and ``s[i, b] = sqrt(1 - abar_t)
 random timestep.
 
 Noise. The kernels draw eps themselves, from a counter-based generator, so that the update can
-regenerate it instead of storing it: element j of sample (i, b) at noise step ``step`` is
+regenerate it instead of storing it. Element j of sample row r = i * B + b at noise step
+``step`` is one of the four normals of one Philox block (two Box-Muller pairs), so a CPU
+kernel pays one block per four elements:
 
-    L = (i * B + b) * D + j
-    (x0, x1, _, _) = Philox4x32-10(counter = (L mod 2^32, L div 2^32, step, 0x6D6C6E73),
-                                   key = (seed mod 2^32, seed div 2^32))
-    u1 = (2 * (x0 >> 9) + 1) * 2^-24          # in (0, 1), exact in float32
-    u2 = (x1 >> 8) * 2^-24                    # in [0, 1)
-    eps = sqrt(-2 ln u1) * cos(2 pi u2)       # Box-Muller, one normal per counter
+    (x0, x1, x2, x3) = Philox4x32-10(counter = (j >> 2, r, step, 0x6D6C6E73),
+                                     key = (seed mod 2^32, seed div 2^32))
+    (p, q) = (x0, x1) if (j & 3) < 2 else (x2, x3)
+    u1 = (2 * (p >> 9) + 1) * 2^-24           # in (0, 1), exact in float32
+    u2 = (q >> 8) * 2^-24                     # in [0, 1)
+    eps = sqrt(-2 ln u1) * cos(2 pi u2)       # j & 1 == 0
+    eps = sqrt(-2 ln u1) * sin(2 pi u2)       # j & 1 == 1  (Box-Muller's second normal)
+
+(r < 2^32 and j < 2^34).
 
 Objective per image (no sampler is differentiated through):
 
@@ -90,28 +95,30 @@ def philox4x32(
     return c0, c1, c2, c3
 
 
-def normal(counter: torch.Tensor, seed: int, step: int) -> torch.Tensor:
-    """float64 standard normals of the memlens generator at int64 ``counter`` values."""
+def normal(rows: torch.Tensor, cols: torch.Tensor, seed: int, step: int) -> torch.Tensor:
+    """float64 standard normals of the memlens generator at (row, column) pairs (broadcast)."""
     if not 0 <= seed < 2**64:
         raise ValueError(f"seed must be in [0, 2^64); got {seed}")
     if not 0 <= step < 2**32:
         raise ValueError(f"step must be in [0, 2^32); got {step}")
-    counter = counter.to(torch.int64)
-    c = (
-        counter & _M32,
-        counter >> 32,
-        torch.full_like(counter, step),
-        torch.full_like(counter, PHILOX_TAG),
+    rows, cols = torch.broadcast_tensors(rows.to(torch.int64), cols.to(torch.int64))
+    c = (cols >> 2, rows & _M32, torch.full_like(rows, step), torch.full_like(rows, PHILOX_TAG))
+    x0, x1, x2, x3 = philox4x32(c, seed)
+    second = (cols & 2) != 0
+    p = torch.where(second, x2, x0)
+    q = torch.where(second, x3, x1)
+    u1 = (2 * (p >> 9) + 1).double() * 2.0**-24
+    u2 = (q >> 8).double() * 2.0**-24
+    r = torch.sqrt(-2.0 * torch.log(u1))
+    return torch.where(
+        (cols & 1) == 0, r * torch.cos(2.0 * math.pi * u2), r * torch.sin(2.0 * math.pi * u2)
     )
-    x0, x1, _, _ = philox4x32(c, seed)
-    u1 = (2 * (x0 >> 9) + 1).double() * 2.0**-24
-    u2 = (x1 >> 8).double() * 2.0**-24
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
 
 
 def _eps(n: int, b: int, d: int, seed: int, step: int, device: torch.device) -> torch.Tensor:
-    counter = torch.arange(n * b * d, dtype=torch.int64, device=device)
-    return normal(counter, seed, step).view(n, b, d)
+    rows = torch.arange(n * b, dtype=torch.int64, device=device)[:, None]
+    cols = torch.arange(d, dtype=torch.int64, device=device)[None, :]
+    return normal(rows, cols, seed, step).view(n, b, d)
 
 
 def sample_xt(
