@@ -134,11 +134,13 @@ def end_to_end(steps: int, backend: str | None, dev: str) -> dict[str, Any]:
     from memlens.metrics import invmm
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
-                       block_out_channels=(32, 64), norm_num_groups=8,
-                       down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D")).to(dev).requires_grad_(False)  # fmt: skip
-    ab = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
+    unet: Any = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
+                            block_out_channels=(32, 64), norm_num_groups=8,
+                            down_block_types=("DownBlock2D", "DownBlock2D"),
+                            up_block_types=("UpBlock2D", "UpBlock2D"))  # fmt: skip
+    unet = unet.to(dev).requires_grad_(False)
+    sched: Any = DDPMScheduler(num_train_timesteps=1000)
+    ab = sched.alphas_cumprod
     target = torch.rand(1, 3, 32, 32, device=dev) * 2 - 1
     sim = lambda x, i: -((x - target[i]) ** 2).flatten(1).mean(1)  # < 0: never succeeds
     s = invmm.with_overrides(invmm.PRESETS["pixel"], steps=steps, ddim_steps=20)
