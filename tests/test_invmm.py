@@ -220,7 +220,9 @@ def test_duplication_oracle_on_a_trained_pixel_ddpm() -> None:
     targets = imgs[:3]
     st = invmm.InvMMSettings(steps=400, samples=8, check_every=20, delta=1e-3, ddim_steps=20,
                              beta=0.9)  # fmt: skip
-    res = invmm.invert(invmm.unet_denoiser(unet), ab, targets, cosine_similarity(targets), settings=st)
+    res = invmm.invert(
+        invmm.unet_denoiser(unet), ab, targets, cosine_similarity(targets), settings=st
+    )
     scores = invmm.kl_scores(res)
     assert res[0].success, scores
     assert scores[0] < scores[1]

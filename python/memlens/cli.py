@@ -163,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     inv.add_argument("--backend", choices=["cpu", "cuda", "triton", "torch"])
     inv.add_argument("--resume", action="store_true", help="continue an interrupted run")
     inv.add_argument("--quiet", action="store_true", help="no progress line")
+    _prompt_side_parsers(sub)
     bench = sub.add_parser("bench", help="microbenchmarks against the best baselines, same run")
     bsub = bench.add_subparsers(dest="family", required=True)
     search = bsub.add_parser("search", help="exact cosine top-k vs faiss, numpy and torch")
@@ -186,6 +187,178 @@ def _parser() -> argparse.ArgumentParser:
     invert.add_argument("--backend", choices=["cpu", "cuda", "triton", "torch"])
     invert.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     return p
+
+
+def _step_set(text: str) -> str | int:
+    if text in ("first", "all"):
+        return text
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected first, all or a positive integer; got {text!r}"
+        ) from None
+
+
+def _pipeline_options(p: argparse.ArgumentParser) -> None:
+    """Sampling options shared by detect, generate and prompts mine (default: the pipeline's)."""
+    p.add_argument("--guidance", type=_positive_float, help="guidance scale (> 1)")
+    p.add_argument("--height", type=_positive, help="sample height in pixels")
+    p.add_argument("--width", type=_positive, help="sample width in pixels")
+    p.add_argument("--num-frames", type=_positive, help="frames per video (video pipelines)")
+    p.add_argument("--device", default="auto", help="torch device (default: cuda if present)")
+
+
+def _size_kwargs(args: argparse.Namespace) -> dict[str, int]:
+    sizes = {"height": args.height, "width": args.width, "num_frames": args.num_frames}
+    return {k: v for k, v in sizes.items() if v is not None}
+
+
+def _prompt_side_parsers(sub: Any) -> None:
+    det = sub.add_parser("detect", help="noise-magnitude detection of memorized prompts")
+    det.add_argument("--model", required=True, metavar="M", help="local diffusers directory")
+    det.add_argument("--prompts", required=True, metavar="FILE",
+                     help="one prompt per line, or .jsonl/.csv with a prompt column")  # fmt: skip
+    det.add_argument("--out", required=True, metavar="RUN", help="run directory")
+    det.add_argument("--steps", type=_step_set, default="first",
+                     help="steps averaged: first (one model call), N (the first N) or all")  # fmt: skip
+    det.add_argument("--generations", type=_positive, default=4, help="samples per prompt")
+    det.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
+    det.add_argument("--labels", metavar="FILE",
+                     help="prompt<TAB>label lines (1 = memorized), or .jsonl/.csv with "
+                          "prompt,label: histograms per label, ROC and AUC")  # fmt: skip
+    det.add_argument("--batch-size", type=_positive, default=8, help="prompts per model call")
+    det.add_argument("--inference-steps", type=_positive,
+                     help="sampler steps (default: the pipeline's)")  # fmt: skip
+    _pipeline_options(det)
+    det.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    det.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    gen = sub.add_parser("generate", help="generate images/videos with recorded seeds")
+    gen.add_argument("--model", required=True, metavar="M", help="local diffusers directory")
+    gen.add_argument("--prompts", required=True, metavar="FILE", help="as for detect")
+    gen.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    gen.add_argument("--generations", type=_positive, default=1, help="samples per prompt")
+    gen.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i (as detect)")
+    gen.add_argument("--steps", type=_positive, help="sampler steps (default: the pipeline's)")
+    _pipeline_options(gen)
+    gen.add_argument("--fps", type=_positive_float, default=8.0, help="frame rate of videos")
+    gen.add_argument("--batch-size", type=_positive, default=4, help="prompts per model call")
+    gen.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    prompts = sub.add_parser("prompts", help="curate memorization-prone prompts")
+    psub = prompts.add_subparsers(dest="action", required=True)
+    mine = psub.add_parser("mine", help="rank training captions by duplication (and magnitude)")
+    mine.add_argument("captions", metavar="CAPTIONS",
+                      help="captions file: text lines, .jsonl, .csv/.tsv or .parquet")  # fmt: skip
+    mine.add_argument("--out", required=True, metavar="FILE", help="JSON Lines output")
+    mine.add_argument("--model", metavar="M",
+                      help="also rank by this model's first-step magnitude")  # fmt: skip
+    mine.add_argument("--top", type=_positive, default=100, help="prompts written")
+    mine.add_argument("--threshold", type=_unit_interval, default=0.7,
+                      help="near-duplicate Jaccard of word bigrams (default 0.7)")  # fmt: skip
+    mine.add_argument("--column", help="caption column of a structured file")
+    mine.add_argument("--id-column", help="id column of a structured file")
+    mine.add_argument("--all-variants", action="store_true",
+                      help="one row per distinct caption, not per near-duplicate cluster")  # fmt: skip
+    mine.add_argument("--score-pool", type=_positive,
+                      help="captions scored with --model (default 4 x --top)")  # fmt: skip
+    mine.add_argument("--generations", type=_positive, default=4, help="noises per caption")
+    mine.add_argument("--seed", type=int, default=0, help="seed of the shared noises")
+    mine.add_argument("--batch-size", type=_positive, default=16, help="captions per model call")
+    _pipeline_options(mine)
+
+
+def _short(text: str, width: int = 100) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from memlens.engine.detect import DetectSettings, run_detect
+    from memlens.engine.prompt_io import read_labels, read_prompts
+
+    prompts = read_prompts(args.prompts)
+    labels = read_labels(args.labels) if args.labels is not None else None
+    settings = DetectSettings(steps=args.steps, generations=args.generations, seed=args.seed,
+                              num_inference_steps=args.inference_steps,
+                              guidance_scale=args.guidance,
+                              call_kwargs=_size_kwargs(args))  # fmt: skip
+    s = run_detect(args.model, prompts, args.out, settings=settings, labels=labels,
+                   batch_size=args.batch_size, resume=args.resume, device=args.device,
+                   progress=not args.quiet,
+                   command=" ".join(["memlens", *sys.argv[1:]]))  # fmt: skip
+    print(f"detect {args.out}: {len(s.rows)} prompts ({s.scored} scored, {s.skipped} already "
+          f"done); steps {args.steps}, {args.generations} generations; "
+          f"{s.prompts_per_second:.2f} prompts/s; report {args.out}/report.html")  # fmt: skip
+    for key, ev in s.evaluation.items():
+        print(f"  {key}: AUC {ev['auc']:.3f}  ACC {ev['acc']:.3f}  TPR@1%FPR "
+              f"{ev['tpr_at_1fpr']:.3f} ({int(ev['positives'])} memorized, "
+              f"{int(ev['negatives'])} not)")  # fmt: skip
+    if labels is not None and not s.evaluation:
+        print("  labels: both classes (0 and 1) are needed for AUC")
+    if s.unlabeled:
+        print(f"  {s.unlabeled} prompts have no label")
+    print("  top prompts by magnitude:")
+    for r in sorted(s.rows, key=lambda r: -r["magnitude"])[:10]:
+        label = f"  label {r['label']}" if r.get("label") is not None else ""
+        print(f"  {r['magnitude']:>12.5g}{label}  {_short(r['prompt'])}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from memlens.engine.generate import GenerateSettings, run_generate
+    from memlens.engine.prompt_io import read_prompts
+
+    prompts = read_prompts(args.prompts)
+    settings = GenerateSettings(generations=args.generations, seed=args.seed,
+                                num_inference_steps=args.steps, guidance_scale=args.guidance,
+                                call_kwargs=_size_kwargs(args), fps=args.fps)  # fmt: skip
+    s = run_generate(args.model, prompts, args.out, settings=settings,
+                     batch_size=args.batch_size, resume=args.resume, device=args.device,
+                     progress=not args.quiet,
+                     command=" ".join(["memlens", *sys.argv[1:]]))  # fmt: skip
+    rate = s.generated / s.seconds if s.seconds > 0 else 0.0
+    print(f"generate {args.out}: {len(s.rows)} samples of {len(prompts)} prompts "
+          f"({s.generated} generated, {s.skipped} already there), {rate:.2f} samples/s; "
+          f"records {args.out}/results.jsonl")  # fmt: skip
+    return 0
+
+
+def _prompts_mine(args: argparse.Namespace) -> int:
+    from memlens.prompts import mine_prompts, write_mined_prompts
+
+    score = None
+    if args.model is not None:
+        from memlens.engine.detect import magnitude_scorer
+        from memlens.engine.pipeline import check_call_kwargs, open_pipeline
+
+        pipe = open_pipeline(args.model, device=args.device)
+        check_call_kwargs(pipe, _size_kwargs(args))
+        score = magnitude_scorer(pipe, generations=args.generations, seed=args.seed,
+                                 guidance_scale=args.guidance,
+                                 call_kwargs=_size_kwargs(args))  # fmt: skip
+    elif args.guidance or _size_kwargs(args):
+        raise ValueError("--guidance, --height, --width and --num-frames need --model")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise ValueError(f"--out: directory {str(out.parent)!r} does not exist")
+    result = mine_prompts(args.captions, top=args.top, threshold=args.threshold, score=score,
+                          score_pool=args.score_pool, score_batch_size=args.batch_size,
+                          one_per_cluster=not args.all_variants, column=args.column,
+                          id_column=args.id_column)  # fmt: skip
+    write_mined_prompts(out, result)
+    st = result.stats
+    print(f"prompts mine {args.out}: {len(result.prompts)} prompts from {st.captions} captions "
+          f"({st.unique} distinct, {st.clusters} near-duplicate clusters"
+          f"{f', {st.scored} scored by first-step magnitude' if score else ''}) "
+          f"in {st.seconds:.1f} s")  # fmt: skip
+    for p in result.prompts[:10]:
+        extra = f"  magnitude {p.score:.5g}" if p.score is not None else ""
+        print(f"  #{p.rank:<3} {p.exact_duplicates:>6} exact {p.near_duplicates:>6} near"
+              f"{extra}  {_short(p.caption)}")  # fmt: skip
+    return 0
 
 
 def _invert(args: argparse.Namespace) -> int:
@@ -319,6 +492,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare(args)
         if args.command == "invert":
             return _invert(args)
+        if args.command == "detect":
+            return _detect(args)
+        if args.command == "generate":
+            return _generate(args)
+        if args.command == "prompts":
+            return _prompts_mine(args)
         if args.command == "bench" and args.family == "search":
             from memlens.bench import search
 
