@@ -247,6 +247,34 @@ def _prompt_side_parsers(sub: Any) -> None:
     gen.add_argument("--resume", action="store_true", help="continue an interrupted run")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    exp = sub.add_parser("explain", help="which tokens of a prompt drive its memorization")
+    exp.add_argument("--model", required=True, metavar="M", help="local diffusers directory")
+    exp.add_argument("--prompt", required=True, help="the prompt to explain")
+    exp.add_argument("--steps", type=_step_set, default="all",
+                     help="steps averaged: all (default, as the reference), first or N")  # fmt: skip
+    exp.add_argument("--generations", type=_positive, default=4, help="noise samples")
+    exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--inference-steps", type=_positive,
+                     help="sampler steps (default: the pipeline's)")  # fmt: skip
+    exp.add_argument("--top", type=_positive, default=20, help="tokens shown")
+    exp.add_argument("--json", action="store_true", help="print the full record as JSON")
+    _pipeline_options(exp)
+
+    mit = sub.add_parser("mitigate", help="inference-time mitigation of one prompt")
+    mit.add_argument("--model", required=True, metavar="M", help="local diffusers directory")
+    mit.add_argument("--prompt", required=True, help="the prompt to mitigate")
+    mit.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    mit.add_argument("--target", type=_positive_float, default=3.0,
+                     help="stop when the first-step magnitude is <= this (default 3.0)")  # fmt: skip
+    mit.add_argument("--iterations", type=_positive, default=10, help="AdamW steps at most")
+    mit.add_argument("--lr", type=_positive_float, default=0.05, help="AdamW learning rate")
+    mit.add_argument("--generations", type=_positive, default=4, help="samples before/after")
+    mit.add_argument("--seed", type=int, default=0)
+    mit.add_argument("--inference-steps", type=_positive,
+                     help="sampler steps (default: the pipeline's)")  # fmt: skip
+    mit.add_argument("--fps", type=_positive_float, default=8.0, help="frame rate of videos")
+    _pipeline_options(mit)
+
     prompts = sub.add_parser("prompts", help="curate memorization-prone prompts")
     psub = prompts.add_subparsers(dest="action", required=True)
     mine = psub.add_parser("mine", help="rank training captions by duplication (and magnitude)")
@@ -273,6 +301,41 @@ def _prompt_side_parsers(sub: Any) -> None:
 def _short(text: str, width: int = 100) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from memlens.engine.explain import run_explain
+
+    rec = run_explain(args.model, args.prompt, steps=args.steps, generations=args.generations,
+                      seed=args.seed, num_inference_steps=args.inference_steps,
+                      guidance_scale=args.guidance, call_kwargs=_size_kwargs(args),
+                      device=args.device)  # fmt: skip
+    if args.json:
+        print(json.dumps(rec, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
+        return 0
+    scores = [float(v) for v in rec["token_significance"]]
+    top = max(scores, default=0.0) or 1.0
+    print(f"explain: {_short(args.prompt)}  (steps {args.steps}, {args.generations} generations)")
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])[: args.top]
+    for i in order:
+        bar = "#" * max(1, round(30 * scores[i] / top))
+        print(f"  {rec['tokens'][i]!r:>18}  {scores[i]:>10.4g}  {bar}")
+    return 0
+
+
+def _mitigate(args: argparse.Namespace) -> int:
+    from memlens.engine.explain import run_mitigate
+
+    rec = run_mitigate(args.model, args.prompt, args.out, target_loss=args.target,
+                       iterations=args.iterations, lr=args.lr, generations=args.generations,
+                       seed=args.seed, num_inference_steps=args.inference_steps,
+                       guidance_scale=args.guidance, call_kwargs=_size_kwargs(args), fps=args.fps,
+                       device=args.device)  # fmt: skip
+    print(f"mitigate {args.out}: first-step magnitude {rec['magnitude_before']:.4g} -> "
+          f"{rec['magnitude_after']:.4g} in {rec['iterations']} iterations "
+          f"({'reached' if rec['converged'] else 'did not reach'} target {args.target:g}); "
+          f"samples in {args.out}/before and {args.out}/after")  # fmt: skip
+    return 0
 
 
 def _detect(args: argparse.Namespace) -> int:
@@ -494,6 +557,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _invert(args)
         if args.command == "detect":
             return _detect(args)
+        if args.command == "explain":
+            return _explain(args)
+        if args.command == "mitigate":
+            return _mitigate(args)
         if args.command == "generate":
             return _generate(args)
         if args.command == "prompts":
