@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -72,3 +74,26 @@ def compile_for_sm90(script: str, *argv: str) -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-4000:]
     assert "compiled" in out.stdout
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():  # type: ignore[no-untyped-def]
+    """Tiny diffusion models gain nothing from torch's intra-op threads, and on a busy 2-core
+    machine those threads contend so badly that a 0.2 s call takes 10 s: one thread while a
+    module that uses it runs (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny in-process "sd" (image) and "t2v" (video) pipelines saved once per session,
+    for commands that load a model by path."""
+    from memlens.diffusion import tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    for kind in ("sd", "t2v"):
+        tiny_pipeline(kind).save_pretrained(root / kind)
+    return {kind: root / kind for kind in ("sd", "t2v")}

@@ -4,7 +4,6 @@ rows, resume, labels and ROC, the report's escaping, user errors, and the prompt
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,12 +11,13 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-import torch
 
 from memlens.cli import main
 from memlens.diffusion import load_pipeline
 from memlens.engine.prompt_io import read_labels, read_prompts
 from memlens.metrics.magnitude import detect_magnitude
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PROMPTS = [
     "a photo of a cat",
@@ -26,27 +26,6 @@ PROMPTS = [
     "blue sky",
     "a red car",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads; on a busy 2-core machine they contend badly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from memlens.diffusion import tiny_pipeline
-
-    root = tmp_path_factory.mktemp("models")
-    out = {}
-    for kind in ("sd", "t2v"):
-        tiny_pipeline(kind).save_pretrained(root / kind)
-        out[kind] = root / kind
-    return out
 
 
 @pytest.fixture
@@ -73,12 +52,12 @@ def _rows(run: Path) -> list[dict]:
 
 
 def test_detect_image_model_rows_labels_report(
-    models: dict[str, Path], files: tuple[Path, Path], tmp_path: Path,
+    tiny_model_dirs: dict[str, Path], files: tuple[Path, Path], tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     prompts, labels = files
     run = tmp_path / "run"
-    args = ["detect", "--model", str(models["sd"]), "--prompts", str(prompts), "--out", str(run),
+    args = ["detect", "--model", str(tiny_model_dirs["sd"]), "--prompts", str(prompts), "--out", str(run),
             "--generations", "2", "--batch-size", "2", "--seed", "5", "--labels", str(labels),
             "--quiet", "--device", "cpu"]  # CPU: compared with a CPU run below  # fmt: skip
     assert main(args) == 0
@@ -93,7 +72,7 @@ def test_detect_image_model_rows_labels_report(
         assert r["magnitude"] > 0
         assert "content_magnitude" not in r  # an image model
     # the same scores as the library call on the whole list (batching does not matter)
-    pipe = load_pipeline(models["sd"])
+    pipe = load_pipeline(tiny_model_dirs["sd"])
     ref = detect_magnitude(pipe, PROMPTS, generations=2, seed=5, batch_size=5)
     for r, m in zip(rows, ref, strict=True):
         assert r["magnitude"] == pytest.approx(m.magnitude, rel=1e-5)
@@ -117,11 +96,11 @@ def test_detect_image_model_rows_labels_report(
 
 
 def test_detect_resume_matches_an_uninterrupted_run(
-    models: dict[str, Path], files: tuple[Path, Path], tmp_path: Path
+    tiny_model_dirs: dict[str, Path], files: tuple[Path, Path], tmp_path: Path
 ) -> None:
     prompts, _ = files
     full, part = tmp_path / "full", tmp_path / "part"
-    base = ["detect", "--model", str(models["sd"]), "--generations", "2", "--batch-size", "2",
+    base = ["detect", "--model", str(tiny_model_dirs["sd"]), "--generations", "2", "--batch-size", "2",
             "--quiet"]  # fmt: skip
     assert main([*base, "--prompts", str(prompts), "--out", str(full)]) == 0
     # an "interrupted" run: only the first three prompts, then a torn last line
@@ -138,16 +117,16 @@ def test_detect_resume_matches_an_uninterrupted_run(
         assert x["seed"] == y["seed"]
         assert x["magnitude"] == pytest.approx(y["magnitude"], rel=1e-5)
     # other settings than the run's: refused
-    assert main(["detect", "--model", str(models["sd"]), "--generations", "3", "--quiet",
+    assert main(["detect", "--model", str(tiny_model_dirs["sd"]), "--generations", "3", "--quiet",
                  "--prompts", str(prompts), "--out", str(part), "--resume"]) == 2  # fmt: skip
 
 
 def test_detect_video_model_all_steps(
-    models: dict[str, Path], files: tuple[Path, Path], tmp_path: Path
+    tiny_model_dirs: dict[str, Path], files: tuple[Path, Path], tmp_path: Path
 ) -> None:
     prompts, labels = files
     run = tmp_path / "run"
-    assert main(["detect", "--model", str(models["t2v"]), "--prompts", str(prompts), "--out",
+    assert main(["detect", "--model", str(tiny_model_dirs["t2v"]), "--prompts", str(prompts), "--out",
                  str(run), "--steps", "all", "--inference-steps", "3", "--generations", "1",
                  "--num-frames", "4", "--labels", str(labels), "--quiet"]) == 0  # fmt: skip
     rows = _rows(run)
@@ -163,7 +142,7 @@ def test_detect_video_model_all_steps(
 
 
 def test_detect_user_errors_exit_2_with_one_line(
-    models: dict[str, Path], files: tuple[Path, Path], tmp_path: Path,
+    tiny_model_dirs: dict[str, Path], files: tuple[Path, Path], tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     prompts, _ = files
@@ -173,7 +152,7 @@ def test_detect_user_errors_exit_2_with_one_line(
     other_labels.write_text("not a prompt here\t1\n")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")
-    model = str(models["sd"])
+    model = str(tiny_model_dirs["sd"])
     cases = [
         ["--model", str(tmp_path / "missing"), "--prompts", str(prompts)],
         ["--model", str(tmp_path), "--prompts", str(prompts)],  # no model_index.json

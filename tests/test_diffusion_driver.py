@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,15 +31,7 @@ from memlens.diffusion import (
 from memlens.errors import ModelUnavailableError
 from memlens.metrics.magnitude import detect_magnitude
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """The tiny models gain nothing from threads, and on a busy 2-core machine torch's
-    intra-op threads contend so badly that a 0.2 s run takes 10 s."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,30 +10,15 @@ import pytest
 
 from memlens.cli import main
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 pytest.importorskip("diffusers")
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from memlens.diffusion import tiny_pipeline
-
-    path = tmp_path_factory.mktemp("sd")
-    tiny_pipeline("sd").save_pretrained(path)
-    return path
-
-
-def test_explain_prints_tokens_and_json(sd_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["explain", "--model", str(sd_dir), "--prompt", "a red fox", "--generations", "2",
+def test_explain_prints_tokens_and_json(
+    tiny_model_dirs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["explain", "--model", str(tiny_model_dirs["sd"]), "--prompt", "a red fox", "--generations", "2",
             "--inference-steps", "3", "--device", "cpu"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -48,10 +32,10 @@ def test_explain_prints_tokens_and_json(sd_dir: Path, capsys: pytest.CaptureFixt
     assert max(rec["token_significance"]) > 0
 
 
-def test_mitigate_writes_samples_and_embedding(sd_dir: Path, tmp_path: Path,
+def test_mitigate_writes_samples_and_embedding(tiny_model_dirs: dict[str, Path], tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     out = tmp_path / "mit"
-    assert main(["mitigate", "--model", str(sd_dir), "--prompt", "a red fox", "--out", str(out),
+    assert main(["mitigate", "--model", str(tiny_model_dirs["sd"]), "--prompt", "a red fox", "--out", str(out),
                  "--generations", "2", "--inference-steps", "2", "--iterations", "3",
                  "--target", "1e-9", "--device", "cpu"]) == 0  # fmt: skip
     rec = json.loads((out / "result.json").read_text())
@@ -66,9 +50,14 @@ def test_mitigate_writes_samples_and_embedding(sd_dir: Path, tmp_path: Path,
     assert emb.shape[0] == 1
     assert "magnitude" in capsys.readouterr().out
     # user errors: one line, exit 2
-    assert main(["mitigate", "--model", str(sd_dir), "--prompt", "x", "--out", str(out)]) == 2
+    assert (
+        main(
+            ["mitigate", "--model", str(tiny_model_dirs["sd"]), "--prompt", "x", "--out", str(out)]
+        )
+        == 2
+    )
     assert "not empty" in capsys.readouterr().err
     assert main(["explain", "--model", str(tmp_path / "nope"), "--prompt", "x"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert main(["explain", "--model", str(sd_dir), "--prompt", "  "]) == 2
+    assert main(["explain", "--model", str(tiny_model_dirs["sd"]), "--prompt", "  "]) == 2

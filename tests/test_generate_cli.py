@@ -4,7 +4,6 @@ traceable record per sample, seeding shared with detect, resume, user errors."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,25 +18,9 @@ from memlens.cli import main
 from memlens.diffusion import load_pipeline
 from memlens.engine.generate import to_uint8
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PROMPTS = ["a photo of a cat", "Emma <i>Beauty</i> & the beast", "blue sky"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from memlens.diffusion import tiny_pipeline
-
-    root = tmp_path_factory.mktemp("models")
-    for kind in ("sd", "t2v"):
-        tiny_pipeline(kind).save_pretrained(root / kind)
-    return {kind: root / kind for kind in ("sd", "t2v")}
 
 
 @pytest.fixture
@@ -58,10 +41,13 @@ def _png(path: Path) -> np.ndarray:
 
 
 def test_generate_images_records_seeds_and_resumes(
-    models: dict[str, Path], prompts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_model_dirs: dict[str, Path],
+    prompts: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "gen"
-    args = ["generate", "--model", str(models["sd"]), "--prompts", str(prompts), "--out",
+    args = ["generate", "--model", str(tiny_model_dirs["sd"]), "--prompts", str(prompts), "--out",
             str(out), "--generations", "2", "--seed", "3", "--steps", "3", "--guidance", "6",
             "--batch-size", "2", "--quiet", "--device", "cpu"]  # fmt: skip
     assert main(args) == 0
@@ -77,7 +63,7 @@ def test_generate_images_records_seeds_and_resumes(
         assert (r["height"], r["width"]) == (16, 16)
         assert (out / r["file"]).is_file()
     # the record is enough to regenerate the sample: generation j is draw j of seed + i
-    pipe = load_pipeline(models["sd"])
+    pipe = load_pipeline(tiny_model_dirs["sd"])
     pipe.set_progress_bar_config(disable=True)
     r = rows[3]
     g = torch.Generator().manual_seed(r["seed"])
@@ -102,11 +88,13 @@ def test_generate_images_records_seeds_and_resumes(
     assert pq.read_table(out / "results.parquet").num_rows == 6
 
 
-def test_generate_video_writes_mp4(models: dict[str, Path], prompts: Path, tmp_path: Path) -> None:
+def test_generate_video_writes_mp4(
+    tiny_model_dirs: dict[str, Path], prompts: Path, tmp_path: Path
+) -> None:
     from memlens.video import read_media
 
     out = tmp_path / "vid"
-    assert main(["generate", "--model", str(models["t2v"]), "--prompts", str(prompts), "--out",
+    assert main(["generate", "--model", str(tiny_model_dirs["t2v"]), "--prompts", str(prompts), "--out",
                  str(out), "--steps", "2", "--num-frames", "4", "--fps", "4",
                  "--quiet"]) == 0  # fmt: skip
     rows = _rows(out)
@@ -120,12 +108,15 @@ def test_generate_video_writes_mp4(models: dict[str, Path], prompts: Path, tmp_p
 
 
 def test_generate_user_errors_exit_2(
-    models: dict[str, Path], prompts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_model_dirs: dict[str, Path],
+    prompts: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     cases = [
         ["--model", str(tmp_path / "missing"), "--prompts", str(prompts)],
-        ["--model", str(models["sd"]), "--prompts", str(tmp_path / "missing.txt")],
-        ["--model", str(models["sd"]), "--prompts", str(prompts), "--num-frames", "4"],
+        ["--model", str(tiny_model_dirs["sd"]), "--prompts", str(tmp_path / "missing.txt")],
+        ["--model", str(tiny_model_dirs["sd"]), "--prompts", str(prompts), "--num-frames", "4"],
     ]
     for case in cases:
         capsys.readouterr()

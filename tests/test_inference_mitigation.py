@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,19 +25,11 @@ from memlens.metrics.mitigate_inference import (
     optimize_embedding,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 L, D = 6, 4
 LATENT = (2, 3, 3)
 DECAY = 1 - 0.05 * 0.01  # AdamW's per-update weight decay at the reference lr and decay
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """The tiny models gain nothing from threads, and on a busy 2-core machine torch's
-    intra-op threads contend so badly that a 0.2 s run takes 10 s."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -21,15 +20,7 @@ from memlens.metrics.magnitude import (
 )
 from memlens.metrics.roc import auc
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """The tiny models gain nothing from threads, and on a busy 2-core machine torch's
-    intra-op threads contend so badly that a 0.2 s run takes 10 s."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class GuidanceMock(torch.nn.Module):

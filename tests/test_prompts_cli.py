@@ -4,16 +4,16 @@ first-step magnitude, the output read back by `memlens detect`, user errors."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("datasketch")
 
-import torch
 
 from memlens.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CAPTIONS = [
     "a photo of a cat on a mat",
@@ -24,14 +24,6 @@ CAPTIONS = [
     "blue sky over the sea",
     "something <i>else</i> entirely",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,18 +19,10 @@ pytest.importorskip("transformers")
 from memlens.diffusion import KINDS, TINY_CALL_KWARGS, BareDiffusion, observe, tiny_pipeline
 from memlens.metrics.tokens import TokenSignificance, token_significance
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 L, D = 8, 3  # embedding positions and width of the mocks
 LATENT = (2, 4, 4)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """The tiny models gain nothing from threads, and on a busy 2-core machine torch's
-    intra-op threads contend so badly that a 0.2 s run takes 10 s."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
