@@ -197,3 +197,25 @@ def test_prompt_and_label_files(tmp_path: Path) -> None:
     bad.write_text('{"text_missing": 1}\n')
     with pytest.raises(ValueError, match="no prompt column"):
         read_prompts(bad)
+
+
+def test_detect_explain_top_draws_token_bars(
+    tiny_model_dirs: dict[str, Path], files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    prompts, _ = files
+    run = tmp_path / "run"
+    assert main(["detect", "--model", str(tiny_model_dirs["sd"]), "--prompts", str(prompts),
+                 "--out", str(run), "--generations", "2", "--explain-top", "2", "--quiet",
+                 "--device", "cpu"]) == 0  # fmt: skip
+    rows = _rows(run)
+    explained = [r for r in rows if r.get("tokens")]
+    assert len(explained) == 2
+    top2 = sorted(rows, key=lambda r: -r["magnitude"])[:2]
+    assert {r["index"] for r in explained} == {r["index"] for r in top2}
+    for r in explained:
+        assert len(r["tokens"]) == len(r["prompt"].encode())  # the tiny tokenizer: one per byte
+        assert len(r["token_significance"]) == len(r["tokens"])
+        assert all(v >= 0 for v in r["token_significance"])
+    html = (run / "report.html").read_text()
+    assert html.count("Token significance") >= 1
+    assert "memlens explain --model" not in html  # bars instead of the pointer

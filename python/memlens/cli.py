@@ -228,6 +228,9 @@ def _prompt_side_parsers(sub: Any) -> None:
                      help="prompt<TAB>label lines (1 = memorized), or .jsonl/.csv with "
                           "prompt,label: histograms per label, ROC and AUC")  # fmt: skip
     det.add_argument("--batch-size", type=_positive, default=8, help="prompts per model call")
+    det.add_argument("--explain-top", type=int, default=0, metavar="K",
+                     help="token significance of the K highest-magnitude prompts, as bars in "
+                          "the report (default 0)")  # fmt: skip
     det.add_argument("--inference-steps", type=_positive,
                      help="sampler steps (default: the pipeline's)")  # fmt: skip
     _pipeline_options(det)
@@ -350,7 +353,7 @@ def _detect(args: argparse.Namespace) -> int:
                               call_kwargs=_size_kwargs(args))  # fmt: skip
     s = run_detect(args.model, prompts, args.out, settings=settings, labels=labels,
                    batch_size=args.batch_size, resume=args.resume, device=args.device,
-                   progress=not args.quiet,
+                   progress=not args.quiet, explain_top=args.explain_top,
                    command=" ".join(["memlens", *sys.argv[1:]]))  # fmt: skip
     print(f"detect {args.out}: {len(s.rows)} prompts ({s.scored} scored, {s.skipped} already "
           f"done); steps {args.steps}, {args.generations} generations; "

@@ -10,9 +10,9 @@ Run directory::
 Row keys (DESIGN.md §11): ``index`` (position in the prompt file), ``prompt``, ``label``
 (only with labels; null for a prompt the labels file lacks), ``seed``, ``magnitude``,
 ``magnitude_steps``, ``timesteps``, ``generations`` and, for video models,
-``content_magnitude``, ``motion_magnitude``, ``content_steps``, ``motion_steps``. A future
-``tokens`` key (``[[token, significance], ...]``, from ``memlens.metrics.tokens``) is drawn
-by the report when present.
+``content_magnitude``, ``motion_magnitude``, ``content_steps``, ``motion_steps``; with
+``--explain-top K``, the K highest-magnitude rows also carry ``tokens`` and
+``token_significance`` (parallel lists, memlens.metrics.tokens), drawn as bars in the report.
 
 Prompt ``i`` always starts from the generator seeded ``seed + i`` (the convention of
 :func:`~memlens.metrics.magnitude.detect_magnitude`), so a resumed run, or one with another
@@ -151,8 +151,15 @@ def run_detect(
     device: str = "auto",
     progress: bool = True,
     command: str = "detect",
+    explain_top: int = 0,
 ) -> DetectSummary:
-    """Score ``prompts`` on the pipeline in ``model``; write the run directory ``out``."""
+    """Score ``prompts`` on the pipeline in ``model``; write the run directory ``out``.
+
+    ``explain_top`` > 0: token significance (memlens.metrics.tokens, over the same steps and
+    generations as the detection) for that many highest-magnitude prompts, stored in their
+    rows as ``tokens`` / ``token_significance`` and drawn as bars in the report."""
+    if explain_top < 0:
+        raise ValueError(f"--explain-top must be >= 0; got {explain_top}")
     settings = settings or DetectSettings()
     settings.validate()
     if batch_size < 1:
@@ -198,6 +205,9 @@ def run_detect(
             bar.update(len(chunk))
     seconds = time.perf_counter() - t0
     rows = _finish(run, [*done.values(), *new], labels, rewrite=stale)
+    if explain_top and _explain(pipe, rows, explain_top, settings):
+        atomic_write_text(run / RESULTS, "".join(dumps(r) + "\n" for r in rows))
+        write_parquet(rows, run / PARQUET)
     summary = DetectSummary(
         rows=rows,
         scored=len(new),
@@ -213,6 +223,31 @@ def run_detect(
 
     render(run)
     return summary
+
+
+def _explain(pipe: Any, rows: list[dict[str, Any]], top: int, settings: DetectSettings) -> bool:
+    """Adds ``tokens`` and ``token_significance`` (parallel lists: Parquet wants one type per
+    column) to the ``top`` rows of largest magnitude that lack them; returns whether any row
+    changed."""
+    from memlens.metrics.tokens import token_significance
+
+    best = sorted(range(len(rows)), key=lambda k: -rows[k]["magnitude"])[:top]
+    changed = False
+    for k in best:
+        if rows[k].get("tokens"):
+            continue
+        sig = token_significance(pipe, rows[k]["prompt"], steps=settings.steps,
+                                 generations=settings.generations, seed=rows[k].get("seed", 0),
+                                 num_inference_steps=settings.num_inference_steps,
+                                 guidance_scale=settings.guidance_scale,
+                                 call_kwargs=settings.call_kwargs)  # fmt: skip
+        rows[k] = {
+            **rows[k],
+            "tokens": list(sig.tokens),
+            "token_significance": [float(v) for v in sig.scores],
+        }
+        changed = True
+    return changed
 
 
 def _finish(

@@ -154,9 +154,10 @@ def _roc_section(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list
 
 
 def _tokens_section(rows: Sequence[Mapping[str, Any]], top: int) -> list[str]:
-    """Token significance bars (the ``tokens`` key: ``[[token, significance], ...]``), for the
-    rows that carry it; a pointer to ``memlens explain`` otherwise."""
-    with_tokens = [r for r in rows if isinstance(r.get("tokens"), list) and r["tokens"]]
+    """Token significance bars (the ``tokens`` and ``token_significance`` keys, parallel
+    lists), for the rows that carry them; a pointer to ``memlens explain`` otherwise."""
+    with_tokens = [r for r in rows if isinstance(r.get("tokens"), list) and r["tokens"]
+                   and len(r.get("token_significance") or []) == len(r["tokens"])]  # fmt: skip
     if not with_tokens:
         return [("<h2>Token significance</h2><p>Not computed in this run: "
                 "<code>memlens explain --model M --prompt TEXT</code> shows which tokens drive "
@@ -164,7 +165,9 @@ def _tokens_section(rows: Sequence[Mapping[str, Any]], top: int) -> list[str]:
     out = ["<h2>Token significance</h2>"]
     ranked = sorted(with_tokens, key=lambda r: -float(r.get("magnitude") or 0.0))[:top]
     for r in ranked:
-        pairs = [(str(t), float(v)) for t, v in r["tokens"]]
+        pairs = [
+            (str(t), float(v)) for t, v in zip(r["tokens"], r["token_significance"], strict=True)
+        ]
         peak = max((v for _, v in pairs), default=0.0) or 1.0
         out.append(f"<p><b>{_e(r['prompt'])}</b></p><table>")
         out += [
