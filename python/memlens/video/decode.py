@@ -62,6 +62,10 @@ from memlens.video.sampling import check_sampling as _check_sampling
 _MAX_FPS = 1000.0
 _MAX_COUNT = 2**31
 
+# Images declaring more pixels are refused before decoding (see _read_image). The value is
+# Pillow's decompression-bomb limit (2 x 89.5 MP); one such RGB image still takes ~0.5 GB.
+MAX_IMAGE_PIXELS = 178_956_970
+
 
 @dataclass(eq=False)
 class Clip:
@@ -191,6 +195,16 @@ def _read_image(p: Path, resize: int | tuple[int, int] | None) -> Clip:
         data = np.fromfile(p, dtype=np.uint8)
     except OSError as e:
         raise MediaError(f"image file '{p}' cannot be read: {e.strerror or e}") from None
+    declared = _declared_size(data)
+    if declared is not None and declared[0] * declared[1] > MAX_IMAGE_PIXELS:
+        # Checked on the header, before decoding: a small file can declare a huge image (a
+        # "PNG bomb") and the decoder would allocate all of it (30000x30000: 3.7 GB).
+        width, height = declared
+        raise UnsupportedMediaError(
+            f"image file '{p}' declares {width}x{height} pixels ({width * height / 1e6:.0f} "
+            f"MP), more than the {MAX_IMAGE_PIXELS / 1e6:.0f} MP memlens decodes; refused "
+            f"without decoding (downscale it first)"
+        )
     try:
         # ANYDEPTH keeps 16-bit samples for an exact rescale below; ANYCOLOR keeps gray as
         # one channel and drops alpha. Not IMREAD_UNCHANGED: that would skip EXIF rotation.
@@ -214,6 +228,69 @@ def _read_image(p: Path, resize: int | tuple[int, int] | None) -> Clip:
         native_fps=None,
         native_frame_count=1,
     )
+
+
+def _declared_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a PNG, JPEG, WebP or BMP header, without decoding; None for
+    another format or a header too short or malformed to read (the decoder then decides)."""
+    head = data[:32].tobytes()
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head.startswith(b"BM") and len(head) >= 26:
+        if int.from_bytes(head[14:18], "little") == 12:  # BITMAPCOREHEADER: 16-bit sizes
+            return int.from_bytes(head[18:20], "little"), int.from_bytes(head[20:22], "little")
+        width = int.from_bytes(head[18:22], "little", signed=True)
+        height = int.from_bytes(head[22:26], "little", signed=True)  # < 0: top-down rows
+        return abs(width), abs(height)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
+        kind = head[12:16]
+        if kind == b"VP8X":  # extended: 24-bit canvas size minus one
+            return (
+                int.from_bytes(head[24:27], "little") + 1,
+                int.from_bytes(head[27:30], "little") + 1,
+            )
+        if kind == b"VP8L":  # lossless: 14-bit width-1 and height-1 after the 0x2f signature
+            bits = int.from_bytes(head[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if kind == b"VP8 ":  # lossy: 14-bit sizes after the 9d 01 2a start code
+            return (
+                int.from_bytes(head[26:28], "little") & 0x3FFF,
+                int.from_bytes(head[28:30], "little") & 0x3FFF,
+            )
+        return None
+    if head[:2] == b"\xff\xd8":
+        return _jpeg_size(data)
+    return None
+
+
+def _jpeg_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's first start-of-frame segment (walking the segment
+    lengths from the start; APPn segments such as EXIF are skipped). Gives up (None) after
+    4096 markers, so a file of fill bytes cannot keep this loop busy."""
+    pos, n = 2, data.size
+    for _ in range(4096):
+        if pos + 4 > n:
+            return None
+        if data[pos] != 0xFF:
+            return None
+        marker = int(data[pos + 1])
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # standalone markers: no length
+            pos += 2
+            continue
+        length = int(data[pos + 2]) << 8 | int(data[pos + 3])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if pos + 9 > n:
+                return None
+            height = int(data[pos + 5]) << 8 | int(data[pos + 6])
+            width = int(data[pos + 7]) << 8 | int(data[pos + 8])
+            return width, height
+        if marker == 0xDA or length < 2:  # image data before any frame header: malformed
+            return None
+        pos += 2 + length
+    return None
 
 
 def _to_rgb8(image: np.ndarray, p: Path) -> np.ndarray:
@@ -247,8 +324,18 @@ def _open(p: Path) -> cv2.VideoCapture:
     # An absolute path: FFmpeg reads "name:" prefixes as protocols (pipe:, concat:, http:),
     # and a path starting with "/" can never be taken for one. CAP_FFMPEG explicitly, so a
     # '%' in the name is not taken as an image-sequence pattern by another backend.
+    name = str(p.absolute())
     try:
-        cap = cv2.VideoCapture(str(p.absolute()), cv2.CAP_FFMPEG)
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        # A non-UTF-8 file name (undecodable bytes kept as lone surrogates): OpenCV's Python
+        # binding crashes the interpreter (SIGSEGV) converting such a str, so refuse it here.
+        raise UnsupportedMediaError(
+            f"video file {str(p)!r} has a file name that is not valid UTF-8; OpenCV cannot "
+            f"open it (rename the file)"
+        ) from None
+    try:
+        cap = cv2.VideoCapture(name, cv2.CAP_FFMPEG)
     except (cv2.error, UnicodeError) as e:
         raise CorruptMediaError(f"video file '{p}' cannot be opened: {e}") from None
     if not cap.isOpened():
