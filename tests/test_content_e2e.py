@@ -78,7 +78,8 @@ def test_copies_flagged_unrelated_not(media: Path, tmp_path: Path, embedder: str
     assert index.num_items == len(TRAIN) + 1
     assert index.num_rows == 16 * len(TRAIN) + 1
     assert (
-        main(["scan", str(media / "gen"), "--index", str(idx), "--out", str(run), "--quiet"]) == 0
+        # 1: the scan finished with error rows (gen/broken.mp4)
+        main(["scan", str(media / "gen"), "--index", str(idx), "--out", str(run), "--quiet"]) == 1
     )
     rows = _rows(run)
     assert rows["gen/broken.mp4"]["status"] == "error"

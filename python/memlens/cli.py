@@ -11,6 +11,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from memlens._dispatch import BackendUnavailableError
+
+# Exit status: 0 all inputs done, 1 finished but some inputs failed (their error rows are in
+# the run), 2 a user error (one line on stderr, nothing done), 130 interrupted.
+PARTIAL_FAILURE = 1
 from memlens.errors import ModelUnavailableError
 
 
@@ -457,7 +461,7 @@ def _index_build(args: argparse.Namespace) -> int:
           f"{s.frames_per_second:.1f} frames/s ({split})")  # fmt: skip
     for e in s.errors:
         print(f"  error: {e['item']}: {e['error']}")
-    return 0
+    return PARTIAL_FAILURE if s.errors else 0
 
 
 def _scan(args: argparse.Namespace) -> int:
@@ -494,7 +498,7 @@ def _scan(args: argparse.Namespace) -> int:
           f"{s.errors} errors), {s.memorized} content-memorized at τ = {tau:g}"
           f"{f', {s.motion_memorized} motion-memorized' if args.motion else ''}; "
           f"{s.frames_per_second:.1f} frames/s ({split}); report {report}")  # fmt: skip
-    return 0
+    return PARTIAL_FAILURE if s.errors else 0
 
 
 def _compare(args: argparse.Namespace) -> int:
