@@ -18,6 +18,7 @@ from memlens.engine.records import atomic_write_text
 from memlens.errors import MediaError
 from memlens.index import ReferenceIndex
 from memlens.video import list_media
+from memlens.video.formats import printable
 
 BUILD_ERRORS = "build_errors.json"
 
@@ -91,12 +92,14 @@ def build_index(
                     m.path, frames=frames if fps is None else None, fps=fps
                 )
             except MediaError as e:
-                summary.errors.append({"item": m.item_id, "source": str(m.path), "error": str(e)})
+                summary.errors.append(
+                    {"item": m.item_id, "source": printable(m.path), "error": str(e)}
+                )
                 bar.update(errors=1)
                 continue
             if warning:
                 summary.warnings.append(
-                    {"item": m.item_id, "source": str(m.path), "warning": warning}
+                    {"item": m.item_id, "source": printable(m.path), "warning": warning}
                 )
             t1 = perf_counter()
             emb_rows = emb.embed(clip.frames)

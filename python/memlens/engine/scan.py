@@ -41,6 +41,7 @@ from memlens.metrics.content import TAU_DEFAULT, Aggregation, ContentMatch, cont
 from memlens.metrics.motion import MotionSettings
 from memlens.video import list_media, read_media
 from memlens.video.flowviz import flow_pair_png
+from memlens.video.formats import printable
 
 FLOWS = "flows"
 
@@ -131,7 +132,7 @@ class _Pending:
 
 
 def _error_record(item_id: str, source: str, err: Exception) -> dict[str, Any]:
-    return {"item": item_id, "source": source, "status": "error", "error": str(err)}
+    return {"item": item_id, "source": printable(source), "status": "error", "error": str(err)}
 
 
 def _record(index: ReferenceIndex, p: _Pending, m: ContentMatch, s: ScanSettings) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from memlens.video.errors import (
     TruncatedMediaWarning,
     UnsupportedMediaError,
 )
-from memlens.video.formats import MEDIA_EXTENSIONS, is_image
+from memlens.video.formats import MEDIA_EXTENSIONS, is_image, printable
 from memlens.video.sampling import (
     FpsSelector,
     fps_indices,
@@ -163,6 +163,12 @@ def read_frame(path: str | PathLike[str], frame_index: int) -> np.ndarray:
 def _check_file(path: str | PathLike[str]) -> Path:
     """The path, if it names a non-empty regular file of a known kind; else a MediaError."""
     p = Path(path)
+    if printable(p) != str(p):
+        # Such a name cannot be recorded as a source (results, indexes are UTF-8) nor handed
+        # to OpenCV (its binding crashes the interpreter on it): one error, before any I/O.
+        raise UnsupportedMediaError(
+            f"media file '{printable(p)}' has a file name that is not valid UTF-8 (rename the file)"
+        )
     try:
         st = p.stat()
     except FileNotFoundError:

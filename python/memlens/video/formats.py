@@ -29,3 +29,10 @@ def is_video(path: str | PathLike[str]) -> bool:
 def is_image(path: str | PathLike[str]) -> bool:
     """True if ``path`` has an image extension (see ``IMAGE_EXTENSIONS``)."""
     return _suffix(path) in IMAGE_EXTENSIONS
+
+
+def printable(path: str | os.PathLike[str]) -> str:
+    """A path as valid UTF-8 text: bytes of a non-UTF-8 file name (kept by Python as lone
+    surrogates) become backslash escapes, so the name can go into JSON, Parquet and the
+    terminal."""
+    return os.fspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from memlens.video.formats import MEDIA_EXTENSIONS, is_image, is_video
+from memlens.video.formats import MEDIA_EXTENSIONS, is_image, is_video, printable
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def list_media(sources: Sequence[str | os.PathLike[str]]) -> list[MediaFile]:
         if root.is_dir():
             items = _walk(root)
         elif root.exists():
-            items = [MediaFile(root.name, root)]
+            items = [MediaFile(printable(root.name), root)]
         else:
             raise FileNotFoundError(f"media source '{root}' does not exist")
         for item in items:
@@ -79,7 +79,9 @@ def _walk(root: Path) -> list[MediaFile]:
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in MEDIA_EXTENSIONS:
                 continue
             rel = (rel_dir / name).as_posix()
-            item_id = f"{prefix}/{rel}" if prefix else rel
+            # ids are UTF-8 text (indexes, results); a non-UTF-8 name keeps its bytes escaped,
+            # and reading the file reports it as an error row (video.decode)
+            item_id = printable(f"{prefix}/{rel}" if prefix else rel)
             items.append(MediaFile(item_id, Path(dirpath) / name))
     # Sorted by id (code-point order), not by walk order, which depends on the filesystem.
     items.sort(key=lambda m: m.item_id)
