@@ -30,7 +30,12 @@ NEIGHBOURS = 64
 
 
 def _unit(x: Any, name: str) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float64)
+    if hasattr(x, "detach") and hasattr(x, "double"):  # a torch tensor: any dtype or device
+        x = x.detach().cpu().double().numpy()
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a numeric array; got {type(x).__name__} ({e})") from e
     if a.ndim != 2:
         raise ValueError(f"{name} must have shape (frames, dim); got {a.shape}")
     if a.shape[0] == 0:
@@ -283,4 +288,6 @@ def replication_rate(scores: Any, tau: float = TAU_DEFAULT) -> float:
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 1 or s.size == 0:
         raise ValueError(f"scores must be a non-empty 1-D array; got shape {s.shape}")
+    if np.isnan(s).any():
+        raise ValueError("scores must not contain NaN")
     return float(np.mean(s > tau))

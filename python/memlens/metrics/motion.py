@@ -83,9 +83,13 @@ class MotionScore:
 
 
 def _grid_moments(h: int, w: int) -> tuple[float, float, float]:
-    """sum 1, sum x^2, sum y^2 over the normalized pixel grid (sum x = sum y = sum xy = 0)."""
+    """sum 1, sum x^2, sum y^2 over the normalized pixel grid (sum x = sum y = sum xy = 0).
+
+    A 1-pixel axis has x (or y) = 0 everywhere: its moment is returned as inf, so the
+    coefficient it cannot determine, and the flow it explains, come out 0 (not 0 / 0)."""
     y, x = grid(h, w)
-    return float(h * w), float(h * (x**2).sum()), float(w * (y**2).sum())
+    sxx, syy = float(h * (x**2).sum()), float(w * (y**2).sum())
+    return float(h * w), sxx if sxx > 0 else np.inf, syy if syy > 0 else np.inf
 
 
 def affine_fit(field: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -152,6 +156,10 @@ def _check_flows(gen: Any, cands: Any) -> tuple[np.ndarray | Any, np.ndarray | A
         raise ValueError(
             f"ref_flows must have shape (N, T, H, W, 2); got {getattr(cands, 'shape', None)}"
         )
+    if min(gen.shape[:3]) < 1:
+        raise ValueError(
+            f"gen_flow must have at least one frame and pixel (T, H, W >= 1); got {tuple(gen.shape)}"
+        )
     return gen, cands
 
 
@@ -212,6 +220,8 @@ def population_z(score: float, population: Any) -> float | None:
     """NMF (c): z-score of ``score`` against OFS values of non-matching videos (None if the
     population has fewer than 2 values or no spread)."""
     p = np.asarray(population, dtype=np.float64)
+    if not (np.isfinite(p).all() and np.isfinite(score)):
+        raise ValueError("score and population must be finite (no NaN/Inf)")
     if p.size < 2:
         return None
     sd = float(p.std(ddof=1))

@@ -23,7 +23,10 @@ Convention = Literal["strict", "closest"]
 
 def _check(labels: object, scores: object) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(labels)
-    s = np.asarray(scores, dtype=np.float64)
+    try:
+        s = np.asarray(scores, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"scores must be numbers; got {type(scores).__name__} ({e})") from e
     if y.ndim != 1 or s.ndim != 1:
         raise ValueError(f"labels and scores must be 1-D; got shapes {y.shape} and {s.shape}")
     if y.shape != s.shape:
@@ -44,7 +47,8 @@ def roc_curve(labels: object, scores: object) -> tuple[np.ndarray, np.ndarray, n
     y, s = _check(labels, scores)
     order = np.argsort(-s, kind="stable")
     s, y = s[order], y[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # last index of each distinct score
+    # s[1:] != s[:-1], not np.diff: inf - inf is NaN, which would split tied infinite scores
+    last = np.r_[np.nonzero(s[1:] != s[:-1])[0], s.size - 1]  # last index of each distinct score
     tps = np.cumsum(y)[last]
     fps = (last + 1) - tps
     tpr = np.r_[0.0, tps / y.sum()]

@@ -32,6 +32,10 @@ def _tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
     if isinstance(x, np.ndarray):
         if x.dtype not in (np.float32, np.float16):
             raise TypeError(f"{name} must be float32 or float16; got {x.dtype}")
+        if any(s < 0 or s % x.itemsize for s in x.strides):
+            # strides torch cannot view (negative, odd bytes); a copy, not ascontiguousarray,
+            # which keeps an empty array's strides
+            x = np.array(x, order="C", copy=True)
         return torch.from_numpy(x), True
     if isinstance(x, torch.Tensor):
         if x.dtype not in DTYPES:
@@ -43,7 +47,10 @@ def _tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
 def _affine(x: Any, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
     if x is None:
         return None
-    a = torch.as_tensor(np.asarray(x) if isinstance(x, np.ndarray) else x)
+    try:
+        a = torch.as_tensor(np.asarray(x) if isinstance(x, np.ndarray) else x)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name} must be a numeric array; got {type(x).__name__} ({e})") from e
     if tuple(a.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}; got {tuple(a.shape)}")
     if not torch.isfinite(a).all():

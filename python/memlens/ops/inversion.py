@@ -129,7 +129,10 @@ class InversionState:
 
 
 def _coefs(a: Any, name: str, n: int, device: torch.device, check: bool = True) -> torch.Tensor:
-    t = torch.as_tensor(a)
+    try:
+        t = torch.as_tensor(a)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name} must be a numeric array; got {type(a).__name__} ({e})") from e
     if t.ndim != 2 or t.shape[0] != n:
         raise ValueError(f"{name} must have shape (N={n}, B); got {tuple(t.shape)}")
     t = t.to(device=device, dtype=torch.float32).contiguous()
@@ -245,7 +248,8 @@ def x0_loss(
         raise TypeError(f"eps_hat must have xt's dtype {x.dtype}; got {e.dtype}")
     x0f = _x0(x0, n, d, dev)
     g_eps = torch.empty((n, b, d), dtype=torch.float32, device=dev)
-    part = _impl(dev, backend).loss(x, e, x0f, a_t, s_t, g_eps).view(n, b, -1)
+    part = _impl(dev, backend).loss(x, e, x0f, a_t, s_t, g_eps)
+    part = part.view(n, b, part.shape[-1])  # not -1: ambiguous when n * b == 0
     if not reduce:
         return part, g_eps.view(xt.shape)
     sse = part.sum(-1, dtype=torch.float64) if part.shape[-1] != 1 else part[..., 0].double()
@@ -339,7 +343,7 @@ class _ReparamSample(torch.autograd.Function):
         st = InversionState(
             mu.detach(), logvar.detach(), mu, mu, mu, mu, seed=seed, noise_step=step, shape=(d,)
         )
-        out = sample_xt(st, x0, a, s, backend=backend).view(n, -1, d)
+        out = sample_xt(st, x0, a, s, backend=backend).view(n, a.shape[1], d)
         ctx.save_for_backward(mu.detach(), logvar.detach(), s)
         ctx.seed, ctx.step, ctx.backend = seed, step, backend
         return out

@@ -164,6 +164,8 @@ def merge_topk(parts: Any, k: int) -> tuple[Any, Any]:
             raise TypeError(
                 f"parts[{n}] must be (float scores, integer indices); got {s.dtype}, {i.dtype}"
             )
+        if bool(torch.isnan(s).any()):
+            raise ValueError(f"parts[{n}] scores must not contain NaN")
         if ss and (s.shape[0] != ss[0].shape[0] or s.device != ss[0].device):
             raise ValueError(
                 f"parts[{n}] must have {ss[0].shape[0]} rows on {ss[0].device}; got "
