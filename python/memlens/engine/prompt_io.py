@@ -21,10 +21,11 @@ Labels (format by suffix; label ``1`` = memorized, ``0`` = not):
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from memlens.engine.records import iter_json_objects
 
 PROMPT_COLUMNS = ("prompt", "caption", "text")
 _JSONL = (".jsonl", ".ndjson")
@@ -35,18 +36,7 @@ def _rows(path: Path, what: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, record) of a JSONL or CSV/TSV file."""
     suffix = path.suffix.lower()
     if suffix in _JSONL:
-        with open(path, encoding="utf-8-sig") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{what} {path}:{lineno}"
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where} is not valid JSON: {e.msg}") from None
-                if not isinstance(rec, dict):
-                    raise TypeError(f"{where} must be a JSON object; got {type(rec).__name__}")
-                yield where, rec
+        yield from iter_json_objects(path, f"{what} ")
         return
     delimiter = "\t" if suffix == ".tsv" else ","
     with open(path, encoding="utf-8-sig", newline="") as f:

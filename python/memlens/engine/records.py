@@ -14,7 +14,7 @@ import math
 import os
 import platform
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,3 +136,21 @@ def write_run_json(run_dir: Path, command: str, settings: dict[str, Any], **extr
 
 def finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
+
+
+def iter_json_objects(path: Path, prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, object) for each non-blank line of a JSON Lines file (a byte-order mark is
+    skipped); ``where`` is ``"<prefix>path:line"`` for error messages. A line that is not a
+    JSON object is a ValueError / TypeError naming it."""
+    with open(path, encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{prefix}{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where} is not valid JSON: {e.msg}") from None
+            if not isinstance(rec, dict):
+                raise TypeError(f"{where} must be a JSON object; got {type(rec).__name__}")
+            yield where, rec

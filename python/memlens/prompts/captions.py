@@ -16,7 +16,6 @@ does not grow with the file.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -100,27 +99,17 @@ def _read_text(path: Path) -> Iterator[Caption]:
 
 
 def _read_jsonl(path: Path, column: str | None, id_column: str | None) -> Iterator[Caption]:
+    from memlens.engine.records import iter_json_objects
+
     cols: tuple[str, str | None] | None = None
-    with open(path, encoding="utf-8-sig") as f:
-        row = 0
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where} is not valid JSON: {exc.msg}") from None
-            if not isinstance(rec, dict):
-                raise TypeError(f"{where} must be a JSON object; got {type(rec).__name__}")
-            if cols is None:  # the first record decides, like a header would
-                cols = _pick_columns(list(rec), column, id_column, where)
-            text_col, id_col = cols
-            if text_col not in rec:
-                raise ValueError(f"{where} has no {text_col!r} field")
-            ident = _id_value(rec.get(id_col), row) if id_col else row
-            yield Caption(ident, _text_value(rec[text_col], text_col, where))
-            row += 1
+    for row, (where, rec) in enumerate(iter_json_objects(path)):
+        if cols is None:  # the first record decides, like a header would
+            cols = _pick_columns(list(rec), column, id_column, where)
+        text_col, id_col = cols
+        if text_col not in rec:
+            raise ValueError(f"{where} has no {text_col!r} field")
+        ident = _id_value(rec.get(id_col), row) if id_col else row
+        yield Caption(ident, _text_value(rec[text_col], text_col, where))
 
 
 def _read_csv(path: Path, column: str | None, id_column: str | None) -> Iterator[Caption]:
