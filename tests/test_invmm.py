@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from memlens.metrics import invmm
+from memlens.ops.inversion import InversionState
 
 pytest.importorskip("diffusers")
 
@@ -188,7 +189,8 @@ def test_invert_validates() -> None:
                      settings=invmm.with_overrides(SMALL, samples=0))  # fmt: skip
     with pytest.raises(ValueError, match="targets"):
         invmm.invert(lambda x, t: x, AB, torch.zeros(4), cosine_similarity(torch.zeros(1, 4)))
-    assert torch.equal(invmm.initial_kl(2, (3, 4)), torch.zeros(2, dtype=torch.float64))
+    q0 = InversionState.create(2, (3, 4), seed=0)  # q starts as N(0, I): KL 0
+    assert torch.equal(q0.score(), torch.zeros(2, dtype=torch.float64))
 
 
 @pytest.mark.slow

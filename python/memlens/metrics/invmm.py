@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from memlens.ops import inversion as inv
-from memlens.reference.inversion import AdamSettings, kl_per_dim
+from memlens.reference.inversion import AdamSettings
 
 __all__ = [
     "PRESETS",
@@ -510,12 +510,6 @@ def pixels_to_uint8(x: torch.Tensor) -> np.ndarray:
 def kl_scores(results: Sequence[InvMMResult]) -> np.ndarray:
     """The scores as an array (+inf where the inversion failed)."""
     return np.array([r.score for r in results], dtype=np.float64)
-
-
-def initial_kl(n: int, shape: Sequence[int]) -> torch.Tensor:
-    """KL of the initial q = N(0, I): 0 (oracle 1)."""
-    z = torch.zeros((n, math.prod(shape)))
-    return kl_per_dim(z, z)
 
 
 def with_overrides(base: InvMMSettings, **kw: Any) -> InvMMSettings:

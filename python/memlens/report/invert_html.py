@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -83,10 +82,11 @@ def _samples(model: Any, params: Path, settings: dict[str, Any], seed: int) -> l
     if model.text_encoder is not None:
         if coeffs is None:
             return []
-        known = {f.name for f in dataclasses.fields(invmm.InvMMSettings)}
-        sp = invmm.SoftPrompt(model.text_encoder, model.tokenizer, 1,
-                              invmm.InvMMSettings(**{k: v for k, v in settings.items() if k in known
-                                                     and k != "guidance_scales"}), seed=seed)  # fmt: skip
+        # the soft prompt's shape and temperature as the run learned it
+        sp_settings = invmm.with_overrides(invmm.PRESETS["text"],
+                                           soft_prompt_tokens=settings.get("soft_prompt_tokens"),
+                                           gumbel_tau=settings.get("gumbel_tau"))  # fmt: skip
+        sp = invmm.SoftPrompt(model.text_encoder, model.tokenizer, 1, sp_settings, seed=seed)
         with torch.no_grad():
             sp.log_coeffs.copy_(torch.from_numpy(coeffs.astype(np.float32))[None])
             states = sp.cond(torch.zeros(SAMPLES_SHOWN, dtype=torch.long))
