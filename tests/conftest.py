@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -97,3 +99,69 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     for kind in ("sd", "t2v"):
         tiny_pipeline(kind).save_pretrained(root / kind)
     return {kind: root / kind for kind in ("sd", "t2v")}
+
+
+# -- memlens audit on the tiny t2v pipeline (tests/test_audit.py, tests/test_report_browser.py) --
+def audit_settings() -> Any:
+    from memlens.diffusion.tiny import TINY_CALL_KWARGS
+    from memlens.engine.audit import AuditSettings
+
+    return AuditSettings(
+        num_inference_steps=2,
+        call_kwargs=dict(TINY_CALL_KWARGS["t2v"]),
+        embedder="builtin",
+        index_frames=2,
+        flow_frames=4,
+        flow_short_side=64,
+        detect_generations=2,
+        explain_top=1,
+        invert_items=2,
+        invert={"steps": 3, "samples": 2, "check_every": 2, "check_noises": 1, "ddim_steps": 2,
+                "guidance_scales": (1.0,), "soft_prompt_tokens": 4},
+    )  # fmt: skip
+
+
+AUDIT_PROMPTS = [
+    {"prompt": "a <i>cat</i> & a dog", "label": 1, "content_label": 1, "motion_label": 0},
+    {"prompt": "a pan over bricks", "label": 0, "content_label": 0, "motion_label": 1},
+    {"prompt": "a zoom into coins", "label": 1, "content_label": 0, "motion_label": 1},
+    {"prompt": "fresh: a red boat", "label": 0, "content_label": 1, "motion_label": 0},
+]
+
+
+@pytest.fixture(scope="session")
+def audit_training_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from memlens.datasets.clips import pan_clip, write_video, zoom_clip
+    from memlens.datasets.photos import real_photographs
+
+    photos = real_photographs()
+    root = tmp_path_factory.mktemp("audit-train")
+    rows = []
+    for n, name in enumerate(("astronaut", "brick", "coins", "coffee", "rocket")):
+        clip = (pan_clip if n % 2 else zoom_clip)(photos[name], frames=4, size=(32, 32))
+        write_video(root / f"{name}.mp4", clip)
+        rows.append({"file": f"{name}.mp4", "caption": f"a clip of {name}", "label": n % 2})
+    (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.fixture(scope="session")
+def audited(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model_dirs: dict[str, Path],
+    audit_training_dir: Path,
+) -> tuple[Path, Any]:
+    """A small audit of the tiny t2v pipeline (test_audit.py and the browser test share it)."""
+    run = tmp_path_factory.mktemp("audit") / "run"
+    prompts = [p["prompt"] for p in AUDIT_PROMPTS]
+    labels = {p["prompt"]: {k: v for k, v in p.items() if k != "prompt"} for p in AUDIT_PROMPTS}
+    from memlens.engine.audit import run_audit
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = run_audit(tiny_model_dirs["t2v"], [audit_training_dir], run, prompts=prompts,
+                            labels=labels, settings=audit_settings(), progress=False)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    return run, summary

@@ -15,6 +15,7 @@ from memlens._dispatch import BackendUnavailableError
 # Exit status: 0 all inputs done, 1 finished but some inputs failed (their error rows are in
 # the run), 2 a user error (one line on stderr, nothing done), 130 interrupted.
 PARTIAL_FAILURE = 1
+from memlens import cli_audit
 from memlens.errors import ModelUnavailableError
 
 
@@ -109,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--shard-rows", type=_positive, default=65536, help="rows per shard")
     build.add_argument("--threads", type=_positive, help="embedder threads (default: all cores)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
+    verify = isub.add_parser("verify", help="check every file of an index against its sha256")
+    verify.add_argument("index", metavar="IDX", help="index directory")
 
     scan = sub.add_parser("scan", help="score generated videos/images against an index")
     scan.add_argument("sources", nargs="+", metavar="GEN", help="videos, images or directories")
@@ -136,6 +139,14 @@ def _parser() -> argparse.ArgumentParser:
                       help="training item ids (one per line) also scored for motion against "
                            "every input, on top of the content top-K")  # fmt: skip
     _motion_options(scan)
+    g = scan.add_argument_group("engine (DESIGN.md §7)")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process; ray: index shards on Ray actors, embedding and "
+                        "flows as Ray tasks (same results)")  # fmt: skip
+    g.add_argument("--address", metavar="ADDR",
+                   help="Ray cluster to join (default: the running session, else a local one)")  # fmt: skip
+    g.add_argument("--ray-actors", type=_positive, metavar="N",
+                   help="shard actors (default: one per cluster CPU, at most one per shard)")  # fmt: skip
     scan.add_argument("--quiet", action="store_true", help="no progress bar")
 
     compare = sub.add_parser("compare", help="content similarity of one pair A (generated), B")
@@ -168,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     inv.add_argument("--resume", action="store_true", help="continue an interrupted run")
     inv.add_argument("--quiet", action="store_true", help="no progress line")
     _prompt_side_parsers(sub)
+    cli_audit.add_parsers(sub, _positive, _positive_float)
     bench = sub.add_parser("bench", help="microbenchmarks against the best baselines, same run")
     bsub = bench.add_subparsers(dest="family", required=True)
     search = bsub.add_parser("search", help="exact cosine top-k vs faiss, numpy and torch")
@@ -464,6 +476,17 @@ def _index_build(args: argparse.Namespace) -> int:
     return PARTIAL_FAILURE if s.errors else 0
 
 
+def _index_verify(args: argparse.Namespace) -> int:
+    """Opening checks sizes and array headers only (cheap at any size); this reads every
+    file and compares its sha256 with the manifest's."""
+    from memlens.index import ReferenceIndex
+
+    with ReferenceIndex.open(args.index, verify=True) as idx:
+        print(f"index {args.index}: ok ({idx.num_items} items, {idx.num_rows} rows, "
+              f"{len(idx.shards)} shards, every checksum matches)")  # fmt: skip
+    return 0
+
+
 def _scan(args: argparse.Namespace) -> int:
     from memlens.engine.scan import ScanSettings, scan
     from memlens.metrics.content import TAU_DEFAULT, TAU_STRICT
@@ -484,6 +507,8 @@ def _scan(args: argparse.Namespace) -> int:
                 f"--motion-extra: cannot read {args.motion_extra!r}: {e.strerror}"
             ) from e
         extra = tuple(x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#"))
+    if args.engine != "ray" and (args.address is not None or args.ray_actors is not None):
+        raise ValueError("--address and --ray-actors need --engine ray")
     settings = ScanSettings(tau=tau, agg=args.agg, frames=args.frames, fps=args.fps,
                             motion=args.motion, motion_settings=motion, flow=flow,
                             motion_candidates=args.motion_candidates, motion_extra=extra,
@@ -491,7 +516,8 @@ def _scan(args: argparse.Namespace) -> int:
                             batch_frames=args.batch_frames)  # fmt: skip
     s = scan(args.sources, args.index, args.out, settings=settings, resume=args.resume,
              embedder=args.embedder, threads=args.threads,
-             progress=not args.quiet, command=" ".join(["memlens", *sys.argv[1:]]))  # fmt: skip
+             progress=not args.quiet, command=" ".join(["memlens", *sys.argv[1:]]),
+             engine=args.engine, ray_address=args.address, ray_actors=args.ray_actors)  # fmt: skip
     report = render(args.out)
     split = ", ".join(f"{k} {v:.1f} s" for k, v in s.seconds.items())
     print(f"scan {args.out}: {s.items} inputs ({s.scored} scored, {s.skipped} already done, "
@@ -555,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_decoders()
     try:
         if args.command == "index":
-            return _index_build(args)
+            return _index_verify(args) if args.action == "verify" else _index_build(args)
         if args.command == "scan":
             return _scan(args)
         if args.command == "compare":
@@ -570,6 +596,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _mitigate(args)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "audit":
+            return cli_audit.audit(args)
+        if args.command == "demo":
+            return cli_audit.demo(args)
         if args.command == "prompts":
             return _prompts_mine(args)
         if args.command == "bench" and args.family == "search":

@@ -8,9 +8,11 @@ Run directory::
     run.json         settings, model, versions
     report.html      score distribution, convergence curves, regenerated samples
 
-Models: pixel-space diffusers pipelines built on ``UNet2DModel`` (DDPMPipeline, DDIMPipeline)
-in a local directory. Latent and text-conditional pipelines need the VAE/soft-prompt path of
-the diffusion driver and are refused with a clear error until it lands.
+Models: local diffusers directories with an eps-prediction UNet: pixel-space (``UNet2DModel``:
+DDPM/DDIM pipelines), text-to-image (VAE + text encoder + ``UNet2DConditionModel``) and
+text-to-video (VAE + text encoder + ``UNet3DConditionModel``, e.g. ``TextToVideoSDPipeline`` and
+the demo model). For a video model each target is a clip: its first ``frames`` frames are
+inverted together, and the success check compares every frame (mean SSCD cosine).
 """
 
 from __future__ import annotations
@@ -45,9 +47,12 @@ class InversionModel:
     latent ones). Text-conditional models also carry their text encoder and tokenizer (the soft
     prompt of §2.2)."""
 
-    def __init__(self, pipe: Any, path: str) -> None:
+    def __init__(self, pipe: Any, path: str, frames: int = 8) -> None:
         self.path = path
         self.unet = pipe.unet.eval().requires_grad_(False)
+        # video models: (N, C, F, h, w) in model space, (N, F, C, H, W) as images
+        self.video = type(self.unet).__name__ == "UNet3DConditionModel"
+        self.frames = frames
         self.alphas_cumprod = torch.as_tensor(pipe.scheduler.alphas_cumprod).double()
         self.vae = getattr(pipe, "vae", None)
         self.text_encoder = getattr(pipe, "text_encoder", None)
@@ -84,27 +89,54 @@ class InversionModel:
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
             return images
+        if self.video:  # (N, F, C, H, W) -> (N, c, F, h, w), frame by frame
+            n, f = images.shape[:2]
+            z = self.encode_frames(images.flatten(0, 1))
+            return z.view(n, f, *z.shape[1:]).transpose(1, 2).contiguous()
+        return self.encode_frames(images)
+
+    def encode_frames(self, images: torch.Tensor) -> torch.Tensor:
+        assert self.vae is not None
         return self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode().float() * self.scale
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
             return x
+        if self.video:  # (N, c, F, h, w) -> (N, F, C, H, W)
+            n, f = x.shape[0], x.shape[2]
+            im = self._decode(x.transpose(1, 2).flatten(0, 1))
+            return im.view(n, f, *im.shape[1:])
+        return self._decode(x)
+
+    def _decode(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.vae is not None
         return self.vae.decode((x / self.scale).to(self.vae.dtype)).sample.float().clamp(-1, 1)
 
+    def preview(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space samples -> (M, C, H, W) images to show (a video's first frame)."""
+        im = self.decode(x)
+        return im[:, 0] if self.video else im
 
-def load_model(path: str | Path, device: str = "cpu") -> InversionModel:
+
+_UNETS = ("UNet2DModel", "UNet2DConditionModel", "UNet3DConditionModel")
+
+
+def load_model(path: str | Path, device: str = "cpu", frames: int = 8) -> InversionModel:
     """A local diffusers pipeline directory with an eps-prediction UNet: pixel-space
-    (UNet2DModel, DDPM/DDIM) or text-to-image (VAE + text encoder + UNet2DConditionModel).
-    Never downloads."""
+    (UNet2DModel, DDPM/DDIM), text-to-image (VAE + text encoder + UNet2DConditionModel) or
+    text-to-video (VAE + text encoder + UNet3DConditionModel; ``frames`` per clip). Never
+    downloads."""
     from memlens.diffusion import load_pipeline
+    from memlens.engine.pipeline import _no_load_bars
     from memlens.errors import ModelUnavailableError
 
     p = Path(path)
     if not p.is_dir():
         raise ValueError(f"--model: {str(p)!r} is not a directory (a local diffusers pipeline)")
     try:
-        pipe = load_pipeline(p, device=device)
+        with _no_load_bars():
+            pipe = load_pipeline(p, device=device)
     except ModelUnavailableError as e:
         if (p / "model_index.json").is_file():
             raise
@@ -112,11 +144,9 @@ def load_model(path: str | Path, device: str = "cpu") -> InversionModel:
             f"--model: {str(p)!r} has no model_index.json (not a diffusers pipeline)"
         ) from e
     unet = getattr(pipe, "unet", None)
-    if unet is None or type(unet).__name__ not in ("UNet2DModel", "UNet2DConditionModel"):
-        raise ValueError(f"--model: {str(p)!r} has no UNet2DModel/UNet2DConditionModel 'unet'")
-    if (type(unet).__name__ == "UNet2DConditionModel") != (
-        getattr(pipe, "text_encoder", None) is not None
-    ):
+    if unet is None or type(unet).__name__ not in _UNETS:
+        raise ValueError(f"--model: {str(p)!r} has no {'/'.join(_UNETS)} 'unet'")
+    if (type(unet).__name__ != "UNet2DModel") != (getattr(pipe, "text_encoder", None) is not None):
         raise ValueError(
             f"--model: {str(p)!r}: a conditional UNet needs the pipeline's text encoder"
         )
@@ -125,28 +155,43 @@ def load_model(path: str | Path, device: str = "cpu") -> InversionModel:
         raise ValueError(
             f"--model: only eps-prediction schedulers are supported; got {sched.config.prediction_type!r}"
         )
-    return InversionModel(pipe, str(p))
+    if frames < 1:
+        raise ValueError(f"--frames must be >= 1; got {frames}")
+    return InversionModel(pipe, str(p), frames)
 
 
-def load_targets(paths: Sequence[str], size: int, channels: int) -> torch.Tensor:
-    """Images -> (N, C, size, size) in [-1, 1]: centre square crop, area resize."""
+def _to_model_image(img: np.ndarray, size: int, channels: int) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (C, size, size) in [-1, 1]: centre square crop, area resize."""
     import cv2
 
-    from memlens.video import read_frame
+    h, w = img.shape[:2]
+    m = min(h, w)
+    img = img[(h - m) // 2 : (h - m) // 2 + m, (w - m) // 2 : (w - m) // 2 + m]
+    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 127.5 - 1
+    if channels == 1:
+        return x.mean(0, keepdim=True)
+    if channels != 3:
+        raise ValueError(f"--model: the UNet takes {channels} channels; images have 3")
+    return x
+
+
+def load_targets(
+    paths: Sequence[str], size: int, channels: int, frames: int | None = None
+) -> torch.Tensor:
+    """Images -> (N, C, size, size) in [-1, 1]; with ``frames`` (video models) the first
+    ``frames`` frames of each video (an image is a still clip) -> (N, frames, C, size, size)."""
+    from memlens.video import read_frame, read_media
 
     out = []
     for path in paths:
-        img = read_frame(path, 0)
-        h, w = img.shape[:2]
-        m = min(h, w)
-        img = img[(h - m) // 2 : (h - m) // 2 + m, (w - m) // 2 : (w - m) // 2 + m]
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 127.5 - 1
-        if channels == 1:
-            x = x.mean(0, keepdim=True)
-        elif channels != 3:
-            raise ValueError(f"--model: the UNet takes {channels} channels; images have 3")
-        out.append(x)
+        if frames is None:
+            out.append(_to_model_image(read_frame(path, 0), size, channels))
+            continue
+        clip = read_media(path).frames[:frames]
+        if len(clip) < frames:  # a short clip or an image holds its last frame
+            clip = np.concatenate([clip, np.repeat(clip[-1:], frames - len(clip), axis=0)])
+        out.append(torch.stack([_to_model_image(f, size, channels) for f in clip]))
     return torch.stack(out)
 
 
@@ -165,6 +210,8 @@ def run_invert(
     progress: bool = True,
     similarity: Callable[[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], invmm.Similarity]
     | None = None,
+    frames: int = 8,
+    report: bool = True,
 ) -> list[dict[str, Any]]:
     """Invert every image; returns all result rows (this run's and earlier ones on resume)."""
     if batch < 1:
@@ -174,7 +221,7 @@ def run_invert(
     for p in images:
         if not Path(p).is_file():
             raise ValueError(f"--images: {p!r} is not a file")
-    pm = load_model(model)
+    pm = load_model(model, frames=frames)
     preset = preset or ("pixel" if pm.kind == "pixel" else pm.kind)
     if preset not in invmm.PRESETS:
         raise ValueError(f"--preset must be one of {sorted(invmm.PRESETS)}; got {preset!r}")
@@ -188,15 +235,17 @@ def run_invert(
     done = {r["path"]: r for r in read_results(run / RESULTS)} if resume else {}
     todo = [(i, p) for i, p in enumerate(images) if str(p) not in done]
     write_run_json(run, "invert", {**asdict(settings), "preset": preset, "batch": batch,
-                                   "seed": seed, "embedder": embedder, "kind": pm.kind},
+                                   "seed": seed, "embedder": embedder, "kind": pm.kind,
+                                   **({"frames": frames} if pm.video else {})},
                    model=str(model))  # fmt: skip
-    make_sim = similarity or _sscd_factory(embedder)
+    make_sim = similarity or _sscd_factory(embedder, pm.video)
     bar = Progress(len(todo), "invert", enabled=progress)
     rows = list(done.values())
     with ResultWriter(run) as w:
         for b0 in range(0, len(todo), batch):
             chunk = todo[b0 : b0 + batch]
-            images_t = load_targets([p for _, p in chunk], pm.size, pm.channels)
+            images_t = load_targets([p for _, p in chunk], pm.size, pm.channels,
+                                    pm.frames if pm.video else None)  # fmt: skip
             targets = pm.encode(images_t)
             sp = None
             if pm.text_encoder is not None:
@@ -217,20 +266,39 @@ def run_invert(
                 rows.append(row)
             bar.update(len(chunk))
     write_parquet(rows, run / "results.parquet")
-    from memlens.report.invert_html import render
+    if report:
+        from memlens.report.invert_html import render
 
-    render(run, pm)
+        render(run, pm)
     return rows
 
 
 def _sscd_factory(
-    name: str,
+    name: str, video: bool = False
 ) -> Callable[[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], invmm.Similarity]:
-    """similarity(target images, decode): model-space samples are decoded to images first."""
+    """similarity(target images, decode): model-space samples are decoded to images first;
+    video targets (N, F, C, H, W) score the mean cosine over their frames."""
     from memlens.embed import get_embedder
 
     emb = get_embedder(name)
-    return lambda images, decode: invmm.sscd_similarity(images, emb, decode)
+    if not video:
+        return lambda images, decode: invmm.sscd_similarity(images, emb, decode)
+
+    def make(
+        clips: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor]
+    ) -> invmm.Similarity:
+        n, f = clips.shape[:2]
+        target = torch.from_numpy(emb.embed(invmm.pixels_to_uint8(clips.flatten(0, 1))))
+        target = target.view(n, f, -1)
+
+        def sim(samples: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            frames = decode(samples)  # (M, F, C, H, W)
+            e = torch.from_numpy(emb.embed(invmm.pixels_to_uint8(frames.flatten(0, 1))))
+            return (e.view(len(samples), f, -1) * target[index.cpu()]).sum(-1).mean(1)
+
+        return sim
+
+    return make
 
 
 class _Status:

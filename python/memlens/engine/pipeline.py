@@ -22,8 +22,8 @@ def device_of(name: str) -> str:
 
 @contextlib.contextmanager
 def _no_load_bars() -> Iterator[None]:
-    """diffusers' and transformers' loading bars off while loading (memlens draws its own
-    progress); each library's setting is restored afterwards."""
+    """diffusers' and transformers' loading bars and warnings off while loading (memlens
+    draws its own progress); each library's settings are restored afterwards."""
     from diffusers.utils import logging as dlog
 
     try:
@@ -31,15 +31,24 @@ def _no_load_bars() -> Iterator[None]:
     except ImportError:  # a pipeline without a text encoder does not need transformers
         tlog = None  # type: ignore[assignment]
     restore = []
+    levels = []
     for lib in (dlog, tlog):
-        if lib is not None and lib.is_progress_bar_enabled():
+        if lib is None:
+            continue
+        if lib.is_progress_bar_enabled():
             lib.disable_progress_bar()
             restore.append(lib)
+        # loading-time advice (install accelerate, deprecated pipeline class) is not the
+        # user's concern while memlens loads a model
+        levels.append((lib, lib.get_verbosity()))
+        lib.set_verbosity_error()
     try:
         yield
     finally:
         for lib in restore:
             lib.enable_progress_bar()
+        for lib, level in levels:
+            lib.set_verbosity(level)
 
 
 def open_pipeline(path: str | Path, *, device: str = "auto") -> Any:

@@ -18,7 +18,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memlens.index.atomic import write_bytes_atomic
+from memlens.index.atomic import remove_stale_temps, temp_name, write_bytes_atomic
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - non-POSIX: no locking
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -70,12 +75,28 @@ def read_results(path: Path) -> list[dict[str, Any]]:
 
 
 class ResultWriter:
-    """Appends one record per finished input to results.jsonl, durably."""
+    """Appends one record per finished input to results.jsonl, durably.
+
+    Holds an exclusive ``flock`` on results.jsonl while open: a second process writing the
+    same run directory (two ``--resume`` runs at once would score the same inputs twice) gets
+    a one-line error instead. Under the lock it removes the temp files a killed writer left in
+    the run directory (``.<name>.<16 hex>.tmp``).
+    """
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / RESULTS
         # open for the writer's lifetime: one durable append per finished input
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._f.close()
+                raise BlockingIOError(
+                    f"run directory {str(run_dir)!r} is being written by another process "
+                    f"(it holds {RESULTS}); wait for it to finish"
+                ) from None
+        remove_stale_temps(run_dir)
 
     def write(self, record: dict[str, Any]) -> None:
         self._f.write(dumps(record) + "\n")
@@ -102,9 +123,13 @@ def write_parquet(rows: Iterable[dict[str, Any]], path: Path) -> None:
     for r in rows:
         keys.update(dict.fromkeys(r))
     table = pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    tmp = temp_name(path)  # a name ResultWriter recognizes as a killed writer's leftover
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def versions() -> dict[str, Any]:

@@ -8,7 +8,7 @@ have a record. Inputs are decoded and embedded one by one and searched in batche
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from time import perf_counter
@@ -42,6 +42,7 @@ from memlens.metrics.motion import MotionSettings
 from memlens.video import list_media, read_media
 from memlens.video.flowviz import flow_pair_png
 from memlens.video.formats import printable
+from memlens.video.sources import MediaFile
 
 FLOWS = "flows"
 
@@ -192,11 +193,27 @@ def scan(
     threads: int | None = None,
     progress: bool = True,
     command: str = "scan",
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
 ) -> ScanSummary:
-    """Score every video/image under ``sources``; see the module docstring."""
+    """Score every video/image under ``sources``; see the module docstring.
+
+    ``engine="ray"`` runs the search on Ray actors holding the index's shards and the
+    embedding and flow work as Ray tasks (``memlens.engine.ray_engine``; same records in the
+    same order as ``"local"``): on the running Ray session if ``ray.is_initialized()``, else
+    ``ray.init(address=ray_address)`` (None: a local cluster, shut down when the scan ends).
+    ``ray_actors``: shard actors (None: one per cluster CPU, at most one per shard).
+    """
     s = settings or ScanSettings()
     if not 0 <= s.tau <= 1:
         raise ValueError(f"tau must be in [0, 1]; got {s.tau}")
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray'; got {engine!r}")
+    if engine == "ray":
+        from memlens.engine import ray_engine
+
+        ray_engine.require_ray()  # before any work: RayUnavailableError says what to install
     media = list_media(sources)
     if not media:
         raise ValueError(f"sources contain no videos or images: {[str(x) for x in sources]}")
@@ -215,24 +232,85 @@ def scan(
         if s.motion
         else None
     )
-    done = {r["item"] for r in read_results(run / RESULTS)}
+    fan = None
+    if engine == "ray":
+        factory = ray_engine.embedder_factory(index, embedder, threads)
+        fan = ray_engine.RayScan.start(index, factory, address=ray_address, actors=ray_actors)
+    try:
+        return _scan_loop(media, index, emb, scorer, s, run, progress, fan)
+    finally:
+        if fan is not None:
+            fan.close()
+
+
+def _embed_local(
+    todo: Sequence[MediaFile], emb: Embedder, s: ScanSettings
+) -> Iterator[tuple[MediaFile, Any, float, float]]:
+    """``(media, outcome, decode_s, embed_s)`` per input, in order: outcome is
+    ``(frame_indices, rows, warning)`` or the :class:`MediaError` that reading raised."""
+    for m in todo:
+        t0 = perf_counter()
+        try:
+            clip, warning = read_for_batch(
+                m.path, frames=s.frames, fps=s.fps, max_frames=s.max_frames
+            )
+        except MediaError as err:
+            yield m, err, 0.0, 0.0
+            continue
+        t1 = perf_counter()
+        emb_rows = emb.embed(clip.frames)
+        t2 = perf_counter()
+        frame_indices = clip.frame_indices
+        del clip
+        yield m, (frame_indices, emb_rows, warning), t1 - t0, t2 - t1
+
+
+def _scan_loop(
+    media: list[MediaFile],
+    index: ReferenceIndex,
+    emb: Embedder,
+    scorer: MotionScorer | None,
+    s: ScanSettings,
+    run: Path,
+    progress: bool,
+    fan: Any,
+) -> ScanSummary:
+    """The scan proper; ``fan`` is a ``ray_engine.RayScan`` or None (all in this process)."""
     summary = ScanSummary(items=len(media))
     bar = Progress(len(media), "scan", enabled=progress)
     batch: list[_Pending] = []
+    searchable = index if fan is None else fan.index
     with ResultWriter(run) as writer:
+        # read under the writer's lock: a second scan of the same run must not cut another's
+        # line short or score the same inputs again
+        done = {r["item"] for r in read_results(run / RESULTS)}
 
         def flush() -> None:
             if not batch:
                 return
             t0 = perf_counter()
-            matches = content_scores(index, [p.embeddings for p in batch], precision=s.precision)
+            matches = content_scores(
+                searchable, [p.embeddings for p in batch], precision=s.precision
+            )
             t1 = perf_counter()
             motion_seconds = 0.0
+            motions: Iterator[dict[str, Any]] | None = None
+            if scorer is not None and fan is not None:  # every flow task submitted now
+                t2 = perf_counter()
+                motions = fan.motion(
+                    [(p.item_id, p.source, m) for p, m in zip(batch, matches, strict=True)],
+                    run, s.motion_settings, s.flow, s.motion_candidates, s.motion_extra,
+                )  # fmt: skip
+                motion_seconds += perf_counter() - t2
+            elif scorer is not None:  # one input at a time, as its record is written
+                motions = (
+                    _motion(scorer, index, p, m, run) for p, m in zip(batch, matches, strict=True)
+                )
             for p, m in zip(batch, matches, strict=True):
                 rec = _record(index, p, m, s)
-                if scorer is not None:
+                if motions is not None:
                     t2 = perf_counter()
-                    rec.update(_motion(scorer, index, p, m, run))
+                    rec.update(next(motions))
                     summary.motion_memorized += bool(rec.get("motion_memorized"))
                     motion_seconds += perf_counter() - t2
                 writer.write(rec)
@@ -244,28 +322,29 @@ def scan(
             bar.update(len(batch), frames=sum(len(p.frame_indices) for p in batch))
             batch.clear()
 
+        todo = []
         for m in media:
             if m.item_id in done:
                 summary.skipped += 1
                 bar.update()
-                continue
-            t0 = perf_counter()
-            try:
-                clip, warning = read_for_batch(
-                    m.path, frames=s.frames, fps=s.fps, max_frames=s.max_frames
-                )
-            except MediaError as err:
-                writer.write(_error_record(m.item_id, str(m.path), err))
+            else:
+                todo.append(m)
+        embedded = (
+            _embed_local(todo, emb, s)
+            if fan is None
+            else fan.embedded(todo, s.frames, s.fps, s.max_frames)
+        )
+        for m, got, decode_s, embed_s in embedded:
+            if isinstance(got, MediaError):
+                writer.write(_error_record(m.item_id, str(m.path), got))
                 summary.errors += 1
                 bar.update(errors=1)
                 continue
-            t1 = perf_counter()
-            emb_rows = emb.embed(clip.frames)
-            summary.seconds["decode"] += t1 - t0
-            summary.seconds["embed"] += perf_counter() - t1
-            summary.frames += len(clip.frames)
-            batch.append(_Pending(m.item_id, str(m.path), clip.frame_indices, emb_rows, warning))
-            del clip
+            frame_indices, emb_rows, warning = got
+            summary.seconds["decode"] += decode_s
+            summary.seconds["embed"] += embed_s
+            summary.frames += len(frame_indices)
+            batch.append(_Pending(m.item_id, str(m.path), frame_indices, emb_rows, warning))
             if sum(len(p.embeddings) for p in batch) >= s.batch_frames:
                 flush()
         flush()

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from memlens._config import workspace_bytes
 from memlens.ops.topk import cosine_topk, merge_topk
 
 
@@ -25,16 +26,24 @@ class Segment:
 # margin may grow with them; ops._certify.max_candidates), so on the CPU consecutive shards
 # are searched together, copied into RAM up to this many bytes (a shard is 128 MiB at the
 # default 65536 x 512 fp32). fp32 gains nothing from it and keeps streaming one memmap.
+# The copy is anonymous memory, so it is also held to the ops' workspace
+# (MEMLENS_WORKSPACE_MB): with a smaller workspace fewer shards go together, and a shard
+# larger than the workspace is searched alone, memory-mapped, without a copy.
 GROUP_BYTES = 512 << 20
+
+
+def _group_bytes() -> int:
+    return min(GROUP_BYTES, workspace_bytes())
 
 
 def _groups(segments: list[Segment], row_bytes: int, grouped: bool) -> list[list[Segment]]:
     if not grouped:
         return [[s] for s in segments]
+    limit = _group_bytes()
     out: list[list[Segment]] = []
     size = 0
     for seg in segments:
-        if out and size + seg.rows * row_bytes <= GROUP_BYTES:
+        if out and size + seg.rows * row_bytes <= limit:
             out[-1].append(seg)
             size += seg.rows * row_bytes
         else:

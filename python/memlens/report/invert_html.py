@@ -71,7 +71,7 @@ def _samples(model: Any, params: Path, settings: dict[str, Any], seed: int) -> l
     from memlens.metrics import invmm
 
     try:
-        z = np.load(params)
+        z = np.load(params, allow_pickle=False)
         mu, lv = torch.from_numpy(z["mu"]), torch.from_numpy(z["logvar"])
         coeffs = z["soft_prompt"] if "soft_prompt" in z.files else None
     except (OSError, KeyError, ValueError):
@@ -94,7 +94,7 @@ def _samples(model: Any, params: Path, settings: dict[str, Any], seed: int) -> l
         den = lambda x, t: cond_den(x, t, states[: len(x)])
     x = invmm.ddim_sample(den, noise, model.alphas_cumprod, int(settings.get("ddim_steps", 50)),
                           clip=bool(settings.get("clip", True)), batch=SAMPLES_SHOWN)  # fmt: skip
-    return [_png(im) for im in invmm.pixels_to_uint8(model.decode(x))]
+    return [_png(im) for im in invmm.pixels_to_uint8(model.preview(x))]
 
 
 def render(run_dir: str | Path, model: Any = None) -> Path:

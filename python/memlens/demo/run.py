@@ -1,0 +1,118 @@
+"""``memlens demo``: the audit of the embedded model on its own training set.
+
+Writes the training set (``RUN/train``: one mp4 per item and ``captions.jsonl`` with the
+planted labels), a prompt file (``RUN/prompts-in.jsonl``: every planted caption, a seeded
+sample of the single-item captions and fresh captions the model never saw, labelled), and runs
+:func:`memlens.engine.audit.run_audit` on it. The report states how well each detector finds
+the planted memorization (AUC against the planted labels).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from memlens.engine.audit import AuditSettings, AuditSummary, run_audit
+from memlens.engine.records import atomic_write_text
+
+UNIQUE_PROMPTS = 25  # single-item training captions among the prompts
+UNIQUE_INVERTED = 5  # single-item training clips among the InvMM targets
+
+# The demo's audit settings: the model's own frame count and size, a 25-step DDIM sampler.
+DEMO_SETTINGS = AuditSettings(
+    num_inference_steps=25,
+    guidance_scale=7.5,
+    call_kwargs={"num_frames": 8, "height": 32, "width": 32},
+    index_frames=4,
+    flow_frames=8,
+    flow_short_side=128,
+    detect_generations=4,
+    explain_top=3,
+    invert={
+        "steps": 100,
+        "samples": 2,
+        "check_every": 25,
+        "check_noises": 2,
+        "ddim_steps": 10,
+        "guidance_scales": (1.0, 4.0),
+        "soft_prompt_tokens": 16,
+    },
+)
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def prepare(run: Path, seed: int = 0) -> tuple[Path, Path, list[str]]:
+    """Write the training set and the labelled prompt file; returns (train dir, prompt file,
+    InvMM targets)."""
+    from memlens.demo.dataset import FRESH_CAPTIONS, training_set, write_training_set
+    from memlens.demo.train import TrainSettings
+
+    ts = TrainSettings()
+    items = training_set(unique=ts.unique, copies=ts.copies, seed=ts.seed)
+    train = run / "train"
+    rows = write_training_set(items, train)
+    _write_jsonl(
+        train / "captions.jsonl",
+        [{"file": f"{r['item']}.mp4", **r, "label": int(bool(r["group"]))} for r in rows],
+    )
+    rng = random.Random(seed)
+    planted = {it.caption: it for it in items if it.planted}
+    unique = [it for it in items if not it.planted]
+    prompts = [
+        {"prompt": c, "label": 1, "content_label": int(it.content), "motion_label": int(it.motion),
+         "kind": "planted", "group": it.group}
+        for c, it in sorted(planted.items())
+    ]  # fmt: skip
+    prompts += [
+        {"prompt": it.caption, "label": 0, "content_label": 0, "motion_label": 0, "kind": "unique"}
+        for it in rng.sample(unique, UNIQUE_PROMPTS)
+    ]
+    prompts += [
+        {"prompt": c, "label": 0, "content_label": 0, "motion_label": 0, "kind": "fresh"}
+        for c in FRESH_CAPTIONS
+    ]
+    prompt_file = run / "prompts-in.jsonl"
+    _write_jsonl(prompt_file, prompts)
+    first = {}
+    for it in items:
+        if it.planted and it.group not in first:
+            first[it.group] = str(train / f"{it.id}.mp4")
+    targets = sorted(first.values())
+    targets += sorted(str(train / f"{it.id}.mp4") for it in rng.sample(unique, UNIQUE_INVERTED))
+    return train, prompt_file, targets
+
+
+def run_demo(
+    out: str | Path = "demo-run",
+    *,
+    model: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    settings: AuditSettings = DEMO_SETTINGS,
+    log: Any = None,
+) -> AuditSummary:
+    """The whole demo; ``model`` defaults to the shipped weights."""
+    from memlens.demo.model import WEIGHTS
+    from memlens.engine.audit import read_prompt_file
+
+    run = Path(out)
+    run.mkdir(parents=True, exist_ok=True)
+    train, prompt_file, targets = prepare(run)
+    prompts, labels = read_prompt_file(prompt_file)
+    return run_audit(
+        model or WEIGHTS,
+        [train],
+        run / "audit",
+        prompts=prompts,
+        labels=labels,
+        settings=settings,
+        invert_sources=targets,
+        resume=resume,
+        progress=progress,
+        log=log,
+    )

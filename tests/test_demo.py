@@ -1,0 +1,67 @@
+"""The embedded demo model: the shipped weights load as a diffusers pipeline within the size
+budget and carry their training record; the training recipe is deterministic (two runs of a
+shortened recipe give identical weights) and its output loads like the shipped one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("skimage")
+
+from memlens.demo import model
+from memlens.demo.train import TrainSettings, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = TrainSettings(unique=4, copies=2, vae_steps=3, vae_batch=4, unet_steps=3, unet_batch=2,
+                     refine_steps=2, warmup=2, threads=1)  # fmt: skip
+
+
+def test_shipped_weights_load_and_are_small() -> None:
+    size = sum(f.stat().st_size for f in model.WEIGHTS.rglob("*") if f.is_file())
+    assert size <= 20 * 2**20
+    record = json.loads((model.WEIGHTS / "training.json").read_text())
+    assert record["settings"]["seed"] == 0
+    assert record["command"].startswith("memlens demo --retrain")
+    pipe = model.load()
+    assert type(pipe).__name__ == "TextToVideoSDPipeline"
+    assert type(pipe.unet).__name__ == "UNet3DConditionModel"
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompt=["the astronaut portrait drifts slowly to the right"], num_inference_steps=2,
+               num_frames=8, height=32, width=32, output_type="np",
+               generator=torch.Generator().manual_seed(0)).frames  # fmt: skip
+    assert out.shape == (1, 8, 32, 32, 3)
+
+
+def _weights(d: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(d.rglob("*.safetensors")):
+        out |= {f"{f.parent.name}/{k}": v for k, v in load_file(f).items()}
+    return out
+
+
+def test_training_recipe_is_deterministic(tmp_path: Path) -> None:
+    a = train(tmp_path / "a", TINY, log=lambda _: None)
+    b = train(tmp_path / "b", TINY, log=lambda _: None)
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    assert any(k.startswith("unet/") for k in wa)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the text encoder is trained too: it moved from its initialization
+    te, _ = model.text(0)
+    init = te.state_dict()
+    moved = [k for k in init if torch.is_floating_point(init[k])
+             and not torch.equal(init[k], wa[f"text_encoder/{k}"])]  # fmt: skip
+    assert moved
+    record = json.loads((a / "training.json").read_text())
+    assert "--unet-steps 3" in record["command"]
+    pipe = model.load(a)
+    assert type(pipe.vae).__name__ == "AutoencoderKL"
+    assert pipe.vae.config.scaling_factor == pytest.approx(record["scaling_factor"])
