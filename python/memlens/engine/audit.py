@@ -198,61 +198,64 @@ class _State:
 # -- evaluation --------------------------------------------------------------------------
 
 
-def _auc(
-    pairs: Sequence[tuple[int, float | None]], higher_is_memorized: bool = True
-) -> dict[str, float]:
-    """AUC of a score against 0/1 labels; a missing score (None) counts as the least
-    memorized value."""
-    from memlens.metrics.roc import auc
-
-    labels = [lab for lab, _ in pairs]
-    if not (0 < sum(labels) < len(labels)):
-        return {}
-    worst = -math.inf if higher_is_memorized else math.inf
-    scores = [
-        worst if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-        for _, v in pairs
-    ]
-    if not higher_is_memorized:
-        scores = [-v for v in scores]
-    return {
-        "auc": float(auc(labels, scores)),
-        "positives": sum(labels),
-        "negatives": len(labels) - sum(labels),
-    }
-
-
-# Detector -> (label key, score key in the joined rows, higher = more memorized)
-DETECTORS: dict[str, tuple[str, str, bool]] = {
-    "content scan (max SSCD)": ("content_label", "content_max", True),
-    "motion scan (OFS)": ("motion_label", "motion_ofs", True),
-    "prompt magnitude (first step)": ("label", "magnitude", True),
-    "content magnitude": ("content_label", "content_magnitude", True),
-    "motion magnitude": ("motion_label", "motion_magnitude", True),
+# Detector -> (label key, score key in the joined rows); every score: higher = more memorized
+DETECTORS: dict[str, tuple[str, str]] = {
+    "content scan (max SSCD)": ("content_label", "content_max"),
+    "motion scan (OFS)": ("motion_label", "motion_ofs"),
+    "prompt magnitude (first step)": ("label", "magnitude"),
+    "content magnitude": ("content_label", "content_magnitude"),
+    "motion magnitude": ("motion_label", "motion_magnitude"),
 }
+INVMM = "InvMM (training items)"
+
+
+def _score(v: object) -> float:
+    """A score oriented so that higher = more memorized; missing or NaN = -inf (least)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return -math.inf
+    return float(v)  # type: ignore[arg-type]
+
+
+def detector_scores(
+    prompt_rows: Sequence[Mapping[str, Any]], invert_rows: Sequence[Mapping[str, Any]]
+) -> dict[str, tuple[list[int], list[float]]]:
+    """Per detector, the (labels, scores) of the labelled rows that carry it; scores are
+    oriented higher = more memorized with -inf for a missing score (InvMM: the negated KL, a
+    failed inversion +inf KL -> -inf). ``content_label`` / ``motion_label`` fall back to
+    ``label``. The evaluation and the report's ROC curves both read these."""
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for name, (label_key, score_key) in DETECTORS.items():
+        pairs = [
+            (int(r.get(label_key, r.get("label"))), _score(r.get(score_key)))
+            for r in prompt_rows
+            if r.get(label_key, r.get("label")) is not None and score_key in r
+        ]
+        if pairs:
+            out[name] = ([lab for lab, _ in pairs], [v for _, v in pairs])
+    inv = [r for r in invert_rows if r.get("label") is not None]
+    if inv:
+        # lower KL = more memorized; null (+inf: not regenerated) = least memorized
+        out[INVMM] = (
+            [int(r["label"]) for r in inv],
+            [-math.inf if r.get("invmm") is None else -float(r["invmm"]) for r in inv],
+        )
+    return out
 
 
 def evaluate(
     prompt_rows: Sequence[Mapping[str, Any]], invert_rows: Sequence[Mapping[str, Any]]
 ) -> dict[str, dict[str, float]]:
-    """Each detector's AUC against the labels present (``content_label`` / ``motion_label``
-    fall back to ``label``)."""
+    """Each detector's AUC against the labels present, where both classes occur."""
+    from memlens.metrics.roc import auc
+
     out: dict[str, dict[str, float]] = {}
-    for name, (label_key, score_key, higher) in DETECTORS.items():
-        pairs = []
-        for r in prompt_rows:
-            lab = r.get(label_key, r.get("label"))
-            if lab is None or score_key not in r:
-                continue
-            pairs.append((int(lab), r.get(score_key)))
-        if pairs and (res := _auc(pairs, higher)):
-            out[name] = res
-    inv = [(int(r["label"]), r.get("invmm")) for r in invert_rows if r.get("label") is not None]
-    # InvMM: lower KL = more memorized; +inf (null: not regenerated) = least memorized
-    if inv:
-        pairs_inv = [(lab, math.inf if v is None else float(v)) for lab, v in inv]
-        if res := _auc(pairs_inv, higher_is_memorized=False):
-            out["InvMM (training items)"] = res
+    for name, (labels, scores) in detector_scores(prompt_rows, invert_rows).items():
+        if 0 < sum(labels) < len(labels):
+            out[name] = {
+                "auc": float(auc(labels, scores)),
+                "positives": sum(labels),
+                "negatives": len(labels) - sum(labels),
+            }
     return out
 
 

@@ -43,7 +43,7 @@ def _evaluation(
     invert: Sequence[Mapping[str, Any]],
     evaluation: Mapping[str, Mapping[str, float]],
 ) -> list[str]:
-    from memlens.engine.audit import DETECTORS
+    from memlens.engine.audit import detector_scores
 
     if not evaluation:
         return [
@@ -59,25 +59,12 @@ def _evaluation(
             "<th class='num'>AUC</th><th class='num'>positives</th><th class='num'>negatives</th></tr>"
         )
     ]
+    curves = detector_scores(prompts, invert)
     for name, e in evaluation.items():
-        if name in DETECTORS:
-            label_key, score_key, _ = DETECTORS[name]
-            pairs = [
-                (int(r.get(label_key, r.get("label"))), r.get(score_key))
-                for r in prompts
-                if r.get(label_key, r.get("label")) is not None and score_key in r
-            ]
-            num = [(lab, -math.inf if v is None else float(v)) for lab, v in pairs]
-        else:  # InvMM: lower = more memorized
-            num = [
-                (int(r["label"]), -(math.inf if r.get("invmm") is None else float(r["invmm"])))
-                for r in invert
-                if r.get("label") is not None
-            ]
-        finite = [v for _, v in num if math.isfinite(v)]
-        floor = (min(finite) - 1.0) if finite else 0.0
-        labels = [lab for lab, _ in num]
-        scores = [v if math.isfinite(v) else floor for _, v in num]
+        labels, raw = curves[name]
+        finite = [v for v in raw if math.isfinite(v)]
+        floor = (min(finite) - 1.0) if finite else 0.0  # missing scores: below every other
+        scores = [v if math.isfinite(v) else floor for v in raw]
         out.append(
             f"<tr><td>{_e(name)}</td><td>{roc_svg(labels, scores, size=180)}</td>"
             f"<td class='num'><b>{e['auc']:.3f}</b></td><td class='num'>{int(e['positives'])}</td>"
