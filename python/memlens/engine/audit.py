@@ -406,12 +406,9 @@ def run_audit(
         return {"items": r.items, "errors": len(r.errors)}
 
     def do_scan() -> dict[str, Any]:
-        kwargs: dict[str, Any] = {}
-        if s.engine != "local":
-            kwargs = {"engine": s.engine, "ray_address": s.ray_address}
         r = scan([str(run / "generate" / "samples")], run / "index", run / "scan",
                  settings=scan_settings, resume=True, progress=progress,
-                 command="audit scan", **kwargs)  # fmt: skip
+                 command="audit scan", engine=s.engine, ray_address=s.ray_address)  # fmt: skip
         return {"scored": r.scored + r.skipped, "errors": r.errors}
 
     def do_detect() -> dict[str, Any]:
