@@ -13,7 +13,10 @@ frame stride k (``memlens.video.flow``):
 - NMF (b) camera motion: a least-squares global affine flow per frame pair; if it explains G's
   flow (mean residual ratio ``rho < rho_min``) the motion is generic camera motion: the pair
   is excluded from the decision (``camera_filter="exclude"``) or scored on the residual flow
-  after removing both fits (``"residual"``);
+  after removing both fits (``"residual"``). A residual pixel moves above
+  ``max(mu_min, RESIDUAL_FLOOR * L)``, ``L`` the largest per-frame L2 norm of the fields in the
+  call: a field that is exactly affine leaves a residual of float32 rounding size (about
+  1e-7 L), which must not count as motion; the floor only matters for ``mu_min`` near 0;
 - NMF (c) population z-score of OFS(G, R) against OFS(G, R') over non-matching training
   videos R' (``z_min``; skipped when fewer than ``min_population`` are available);
 - temporal offsets ``-max_offset..max_offset`` frames, best one kept.
@@ -33,6 +36,9 @@ from memlens.ops.flow import flow_similarity
 from memlens.reference.flow import FlowStats, grid
 
 CameraFilter = Literal["exclude", "residual", "off"]
+# relative to the largest frame's L2 flow norm: ~100 float32 ulps, far below any flow
+# estimator's precision (0.01 px), so real residual motion is never cut
+RESIDUAL_FLOOR = 1e-5
 
 
 @dataclass(frozen=True)
@@ -185,8 +191,11 @@ def motion_scores(
         residual = None
         if s.camera_filter == "residual":
             h, w = stats.height, stats.width
+            energy = max(np.max(np.asarray(stats.gen_field)[..., 1], initial=0.0),
+                         np.max(np.asarray(stats.cand_field)[..., 1], initial=0.0))  # fmt: skip
+            floor = RESIDUAL_FLOOR * float(np.sqrt(energy))
             residual = flow_similarity(
-                g, r, mu_min=s.mu_min, backend=backend,
+                g, r, mu_min=max(s.mu_min, floor), backend=backend,
                 gen_affine=affine_fit(np.asarray(stats.gen_field), h, w),
                 cand_affine=affine_fit(np.asarray(stats.cand_field), h, w),
             )  # fmt: skip
