@@ -61,3 +61,14 @@ def test_mitigate_writes_samples_and_embedding(tiny_model_dirs: dict[str, Path],
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert main(["explain", "--model", str(tiny_model_dirs["sd"]), "--prompt", "  "]) == 2
+
+
+def test_model_demo_names_the_embedded_model(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--model demo`` is the embedded text-to-video model for every command that takes one."""
+    pytest.importorskip("skimage")
+    args = ["explain", "--model", "demo", "--prompt", "a ginger cat looks into the camera",
+            "--generations", "1", "--inference-steps", "2", "--device", "cpu", "--json"]  # fmt: skip
+    assert main(args) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["prompt"] == "a ginger cat looks into the camera"
+    assert max(rec["token_significance"]) > 0

@@ -15,6 +15,9 @@ from memlens._dispatch import BackendUnavailableError
 # Exit status: 0 all inputs done, 1 finished but some inputs failed (their error rows are in
 # the run), 2 a user error (one line on stderr, nothing done), 130 interrupted.
 PARTIAL_FAILURE = 1
+MODEL_HELP = "local diffusers directory, or demo (the embedded model)"
+# the embedded demo model's weights (memlens.demo.model.WEIGHTS, without importing torch here)
+DEMO_WEIGHTS = Path(__file__).parent / "demo" / "weights"
 from memlens import cli_audit
 from memlens.errors import ModelUnavailableError
 
@@ -160,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     _motion_options(compare)
 
     inv = sub.add_parser("invert", help="InvMM memorization scores of images under a model")
-    inv.add_argument("--model", required=True, help="local diffusers pipeline directory")
+    inv.add_argument("--model", required=True, metavar="M", help=MODEL_HELP)
     inv.add_argument("--images", required=True, nargs="+", help="target image files")
     inv.add_argument("--out", required=True, help="run directory")
     inv.add_argument(
@@ -232,7 +235,7 @@ def _size_kwargs(args: argparse.Namespace) -> dict[str, int]:
 
 def _prompt_side_parsers(sub: Any) -> None:
     det = sub.add_parser("detect", help="noise-magnitude detection of memorized prompts")
-    det.add_argument("--model", required=True, metavar="M", help="local diffusers directory")
+    det.add_argument("--model", required=True, metavar="M", help=MODEL_HELP)
     det.add_argument("--prompts", required=True, metavar="FILE",
                      help="one prompt per line, or .jsonl/.csv with a prompt column")  # fmt: skip
     det.add_argument("--out", required=True, metavar="RUN", help="run directory")
@@ -254,7 +257,7 @@ def _prompt_side_parsers(sub: Any) -> None:
     det.add_argument("--quiet", action="store_true", help="no progress bar")
 
     gen = sub.add_parser("generate", help="generate images/videos with recorded seeds")
-    gen.add_argument("--model", required=True, metavar="M", help="local diffusers directory")
+    gen.add_argument("--model", required=True, metavar="M", help=MODEL_HELP)
     gen.add_argument("--prompts", required=True, metavar="FILE", help="as for detect")
     gen.add_argument("--out", required=True, metavar="DIR", help="output directory")
     gen.add_argument("--generations", type=_positive, default=1, help="samples per prompt")
@@ -267,7 +270,7 @@ def _prompt_side_parsers(sub: Any) -> None:
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
 
     exp = sub.add_parser("explain", help="which tokens of a prompt drive its memorization")
-    exp.add_argument("--model", required=True, metavar="M", help="local diffusers directory")
+    exp.add_argument("--model", required=True, metavar="M", help=MODEL_HELP)
     exp.add_argument("--prompt", required=True, help="the prompt to explain")
     exp.add_argument("--steps", type=_step_set, default="all",
                      help="steps averaged: all (default, as the reference), first or N")  # fmt: skip
@@ -280,7 +283,7 @@ def _prompt_side_parsers(sub: Any) -> None:
     _pipeline_options(exp)
 
     mit = sub.add_parser("mitigate", help="inference-time mitigation of one prompt")
-    mit.add_argument("--model", required=True, metavar="M", help="local diffusers directory")
+    mit.add_argument("--model", required=True, metavar="M", help=MODEL_HELP)
     mit.add_argument("--prompt", required=True, help="the prompt to mitigate")
     mit.add_argument("--out", required=True, metavar="DIR", help="output directory")
     mit.add_argument("--target", type=_positive_float, default=3.0,
@@ -578,6 +581,8 @@ def _quiet_decoders() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "model", None) == "demo":  # the embedded model; a directory named demo: ./demo
+        args.model = str(DEMO_WEIGHTS)
     _quiet_decoders()
     try:
         if args.command == "index":

@@ -11,7 +11,10 @@ from typing import Any
 def add_parsers(sub: Any, positive: Any, positive_float: Any) -> None:
     aud = sub.add_parser("audit", help="every measure on one model + training set -> report.html")
     aud.add_argument(
-        "--model", required=True, metavar="M", help="local diffusers directory, or demo"
+        "--model",
+        required=True,
+        metavar="M",
+        help="local diffusers directory, or demo (the embedded model)",
     )
     aud.add_argument("--train", required=True, nargs="+", metavar="SRC",
                      help="training videos/images (files or directories)")  # fmt: skip
@@ -51,7 +54,11 @@ def add_parsers(sub: Any, positive: Any, positive_float: Any) -> None:
     demo.add_argument("--out", default="demo-run", metavar="DIR", help="run directory (demo-run)")
     demo.add_argument("--retrain", action="store_true",
                       help="train the demo model from scratch first (~1 h on 2 cores) and audit it")  # fmt: skip
-    demo.add_argument("--unet-steps", type=positive, help="--retrain: UNet steps (default 3000)")
+    demo.add_argument("--unet-steps", type=positive, help="--retrain: UNet phase-1 steps (3000)")
+    demo.add_argument("--refine-steps", type=positive, nargs="*", metavar="N",
+                      help="--retrain: steps of each later UNet phase (2000 4000)")  # fmt: skip
+    demo.add_argument("--decoder-steps", type=int, metavar="N",
+                      help="--retrain: decoder refinement steps (1500; 0: none)")  # fmt: skip
     demo.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -70,10 +77,6 @@ def audit(args: argparse.Namespace) -> int:
     from memlens.engine.audit import AuditSettings, read_prompt_file, run_audit, summary_table
 
     model = args.model
-    if model == "demo":
-        from memlens.demo.model import WEIGHTS
-
-        model = str(WEIGHTS)
     prompts, labels = read_prompt_file(args.prompts) if args.prompts else (None, {})
     sizes = {"height": args.height, "width": args.width, "num_frames": args.num_frames}
     if args.explain_top < 0 or args.invert_items < 0:
@@ -116,11 +119,9 @@ def demo(args: argparse.Namespace) -> int:
     if args.retrain:
         from memlens.demo.train import TrainSettings, train
 
-        ts = (
-            TrainSettings()
-            if args.unet_steps is None
-            else TrainSettings(unet_steps=args.unet_steps)
-        )
+        given = {"unet_steps": args.unet_steps, "decoder_steps": args.decoder_steps,
+                 "refine_steps": None if args.refine_steps is None else tuple(args.refine_steps)}  # fmt: skip
+        ts = TrainSettings(**{k: v for k, v in given.items() if v is not None})
         model = train(out / "model", ts, log=say)
     try:
         s = run_demo(out, model=model, progress=not args.quiet, log=say)
