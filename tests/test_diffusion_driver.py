@@ -267,7 +267,10 @@ def test_load_pipeline_round_trip(pipes: dict, kind: str, tmp_path: Path) -> Non
     kw = {"generations": 1, "num_inference_steps": 3, "call_kwargs": TINY_CALL_KWARGS[kind]}
     (a,) = detect_magnitude(pipes[kind], ["a red cat"], **kw)
     (b,) = detect_magnitude(loaded, ["a red cat"], **kw)
-    assert a.magnitude == b.magnitude
+    # Equal weights, but loaded tensors live at other addresses (safetensors storage): BLAS
+    # kernels may take another path on a differently aligned operand and round differently
+    # (measured on Wan: 4.8e-7 apart, bit-equal again after cloning every parameter).
+    assert a.magnitude == pytest.approx(b.magnitude, rel=1e-6)
 
 
 # -- argument checks and import hygiene ---------------------------------------------------------
