@@ -19,7 +19,7 @@ from memlens.demo.train import TrainSettings, train
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = TrainSettings(unique=4, copies=2, vae_steps=3, vae_batch=4, unet_steps=3, unet_batch=2,
-                     refine_steps=2, warmup=2, threads=1)  # fmt: skip
+                     refine_steps=(2, 2), decoder_steps=3, warmup=2, threads=1)  # fmt: skip
 
 
 def test_shipped_weights_load_and_are_small() -> None:
@@ -65,3 +65,26 @@ def test_training_recipe_is_deterministic(tmp_path: Path) -> None:
     pipe = model.load(a)
     assert type(pipe.vae).__name__ == "AutoencoderKL"
     assert pipe.vae.config.scaling_factor == pytest.approx(record["scaling_factor"])
+
+
+def test_resumed_training_equals_one_call(tmp_path: Path) -> None:
+    """How the shipped weights were made: the later phases and the decoder refinement run in a
+    second process on the saved weights of the first phases, bitwise as in one call."""
+    from dataclasses import replace
+
+    one = train(tmp_path / "one", TINY, log=lambda _: None)
+    first = train(tmp_path / "first", replace(TINY, refine_steps=TINY.refine_steps[:1],
+                                              decoder_steps=0), log=lambda _: None)  # fmt: skip
+    rest = train(tmp_path / "rest", TINY, log=lambda _: None, resume=(first, 2))
+    wa, wb = _weights(one), _weights(rest)
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the decoder refinement moved the decoder only
+    wf = _weights(first)
+    assert not torch.equal(wf["vae/decoder.conv_out.weight"], wb["vae/decoder.conv_out.weight"])
+    assert all(torch.equal(wf[k], wb[k]) for k in wf if k.startswith("vae/encoder."))
+    record = json.loads((rest / "training.json").read_text())
+    assert record["resumed"]["from_phase"] == 2
+    assert record["command"] == json.loads((one / "training.json").read_text())["command"]
+    with pytest.raises(ValueError, match="seed"):
+        train(tmp_path / "x", replace(TINY, seed=1), log=lambda _: None, resume=(first, 2))

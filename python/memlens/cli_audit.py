@@ -53,7 +53,7 @@ def add_parsers(sub: Any, positive: Any, positive_float: Any) -> None:
     demo = sub.add_parser("demo", help="audit the embedded memorizing video model (make demo)")
     demo.add_argument("--out", default="demo-run", metavar="DIR", help="run directory (demo-run)")
     demo.add_argument("--retrain", action="store_true",
-                      help="train the demo model from scratch first (~1 h on 2 cores) and audit it")  # fmt: skip
+                      help="train the demo model from scratch first (~2 h on 2 cores) and audit it")  # fmt: skip
     demo.add_argument("--unet-steps", type=positive, help="--retrain: UNet phase-1 steps (3000)")
     demo.add_argument("--refine-steps", type=positive, nargs="*", metavar="N",
                       help="--retrain: steps of each later UNet phase (2000 4000)")  # fmt: skip
