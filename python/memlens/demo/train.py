@@ -74,6 +74,34 @@ def _frames_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+def _fit(
+    params: Any,
+    steps: int,
+    peak: float,
+    s: TrainSettings,
+    seed: int,
+    loss_of: Callable[[torch.Generator], torch.Tensor],
+    log: Callable[[str], None],
+    name: str,
+) -> list[float]:
+    """AdamW over ``params`` for ``steps`` steps on warm-up + cosine learning rates;
+    ``loss_of(gen)`` draws its batch (and noise) from ``gen``, seeded ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(params, lr=peak, weight_decay=0.0)
+    losses: list[float] = []
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, steps, peak, s.warmup)
+        loss = loss_of(gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % 100 == 0:
+            log(f"{name} step {step + 1}/{steps} loss {np.mean(losses[-100:]):.4f}")
+    return losses
+
+
 def train_vae(
     vae: Any,
     frames: np.ndarray,
@@ -84,25 +112,15 @@ def train_vae(
     """Random draws come from CPU generators whatever ``device``, so the batches and noises do
     not depend on where the model runs."""
     x_all = _frames_tensor(frames).to(device)
-    gen = torch.Generator().manual_seed(s.seed + 11)
-    opt = torch.optim.AdamW(vae.parameters(), lr=s.vae_lr, weight_decay=0.0)
-    vae.train()
-    losses: list[float] = []
-    for step in range(s.vae_steps):
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, s.vae_steps, s.vae_lr, s.warmup)
-        idx = torch.randint(len(x_all), (s.vae_batch,), generator=gen).to(device)
-        x = x_all[idx]
+
+    def loss_of(gen: torch.Generator) -> torch.Tensor:
+        x = x_all[torch.randint(len(x_all), (s.vae_batch,), generator=gen).to(device)]
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(device)
-        rec = vae.decode(z).sample
-        loss = torch.nn.functional.mse_loss(rec, x) + 1e-6 * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if (step + 1) % 100 == 0:
-            log(f"vae step {step + 1}/{s.vae_steps} loss {np.mean(losses[-100:]):.4f}")
+        return torch.nn.functional.mse_loss(vae.decode(z).sample, x) + 1e-6 * post.kl().mean()
+
+    vae.train()
+    losses = _fit(vae.parameters(), s.vae_steps, s.vae_lr, s, s.seed + 11, loss_of, log, "vae")
     vae.eval()
     return losses
 
@@ -203,21 +221,13 @@ def refine_decoder(
     vae.requires_grad_(False)
     for q in params:
         q.requires_grad_(True)
-    gen = torch.Generator().manual_seed(s.seed + 7)
-    opt = torch.optim.AdamW(params, lr=s.decoder_lr, weight_decay=0.0)
-    vae.train()
-    losses: list[float] = []
-    for step in range(s.decoder_steps):
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, s.decoder_steps, s.decoder_lr, s.warmup)
+
+    def loss_of(gen: torch.Generator) -> torch.Tensor:
         idx = torch.randint(len(x_all), (s.vae_batch,), generator=gen).to(device)
-        loss = torch.nn.functional.mse_loss(vae.decode(z_all[idx]).sample, x_all[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if (step + 1) % 100 == 0:
-            log(f"decoder step {step + 1}/{s.decoder_steps} loss {np.mean(losses[-100:]):.4f}")
+        return torch.nn.functional.mse_loss(vae.decode(z_all[idx]).sample, x_all[idx])
+
+    vae.train()
+    losses = _fit(params, s.decoder_steps, s.decoder_lr, s, s.seed + 7, loss_of, log, "decoder")
     vae.eval().requires_grad_(False)
     return losses
 
