@@ -191,3 +191,25 @@ def test_ray_engine_scan_equals_local(
         [r.get(k) for k in keys]
         for r in first.prompts  # type: ignore[attr-defined]
     ]
+
+
+def test_resume_refuses_changed_weights_at_the_same_path(
+    audited: tuple[Path, object], tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Retrained weights under the same directory must not be mixed with the old stages."""
+    import shutil
+
+    from memlens.engine.audit import model_fingerprint
+
+    shared, _ = audited
+    recorded = json.loads((shared / "audit.json").read_text())["settings"]["model_files"]
+    assert recorded == model_fingerprint(tiny_model_dirs["t2v"])
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dirs["t2v"], copy)
+    assert model_fingerprint(copy) == recorded  # the path itself is not part of it
+    weights = max(copy.rglob("*.safetensors"), key=lambda f: f.stat().st_size)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert model_fingerprint(copy) != recorded
+    assert model_fingerprint(tmp_path / "missing") is None

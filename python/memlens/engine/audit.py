@@ -20,6 +20,7 @@ detector's AUC against them is reported.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -144,6 +145,26 @@ def default_prompts(sources: Sequence[str | Path]) -> list[str]:
 
 
 # -- the run directory -------------------------------------------------------------------
+
+
+def model_fingerprint(model: object) -> str | None:
+    """A digest of a model directory's files (relative path, size, and the sha256 of the
+    first and last MiB of each), so that resuming an audit on retrained or replaced weights at
+    the same path is refused instead of mixing old and new results; cheap on 20 GB models.
+    None when ``model`` is not a directory."""
+    root = Path(str(model))
+    if not root.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        size = f.stat().st_size
+        digest.update(f"{f.relative_to(root).as_posix()}\0{size}\0".encode())
+        with f.open("rb") as fh:
+            digest.update(fh.read(2**20))
+            if size > 2**20:
+                fh.seek(max(2**20, size - 2**20))
+                digest.update(fh.read())
+    return digest.hexdigest()[:16]
 
 
 # Where the work runs, not what it computes: a resumed audit may change these.
@@ -375,7 +396,8 @@ def run_audit(
         raise ValueError("--prompts: no prompt to audit")
     labels = dict(labels or {})
     run = Path(out)
-    record = {**asdict(s), "model": str(model), "train": train, "prompts": len(prompt_list)}
+    record = {**asdict(s), "model": str(model), "model_files": model_fingerprint(model),
+              "train": train, "prompts": len(prompt_list)}  # fmt: skip
     state = _State(run, json.loads(json.dumps(record, default=str)), resume)
     seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
     scan_settings = ScanSettings(
