@@ -88,3 +88,19 @@ def test_resumed_training_equals_one_call(tmp_path: Path) -> None:
     assert record["command"] == json.loads((one / "training.json").read_text())["command"]
     with pytest.raises(ValueError, match="seed"):
         train(tmp_path / "x", replace(TINY, seed=1), log=lambda _: None, resume=(first, 2))
+
+
+def test_demo_sets_aside_an_audit_of_other_weights(tmp_path: Path) -> None:
+    from memlens.demo.run import _set_aside_other_weights
+    from memlens.engine.audit import model_fingerprint
+
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    current = model_fingerprint(model.WEIGHTS)
+    (audit / "audit.json").write_text(json.dumps({"settings": {"model_files": current}}))
+    _set_aside_other_weights(audit, model.WEIGHTS, None)
+    assert audit.is_dir()  # same weights: resumed as before
+    (audit / "audit.json").write_text(json.dumps({"settings": {"model_files": "0123abcd"}}))
+    _set_aside_other_weights(audit, model.WEIGHTS, None)
+    assert not audit.exists()
+    assert (tmp_path / "audit-0123abcd" / "audit.json").is_file()  # kept, not deleted

@@ -87,6 +87,23 @@ def prepare(run: Path, seed: int = 0) -> tuple[Path, Path, list[str]]:
     return train, prompt_file, targets
 
 
+def _set_aside_other_weights(audit: Path, model: str | Path, log: Any) -> None:
+    """An earlier demo audit of other weights (an upgrade shipped a retrained model) is moved
+    to ``audit-<its weights' fingerprint>`` so that the demo starts over instead of refusing to
+    resume; nothing is deleted."""
+    from memlens.engine.audit import model_fingerprint
+
+    try:
+        old = json.loads((audit / "audit.json").read_text())["settings"].get("model_files")
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if old is not None and old != model_fingerprint(model):
+        target = audit.with_name(f"audit-{old}")
+        audit.rename(target)
+        if log is not None:
+            log(f"{audit} audited other weights: moved to {target}; starting over")
+
+
 def run_demo(
     out: str | Path = "demo-run",
     *,
@@ -102,6 +119,7 @@ def run_demo(
 
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
+    _set_aside_other_weights(run / "audit", model or WEIGHTS, log)
     train, prompt_file, targets = prepare(run)
     prompts, labels = read_prompt_file(prompt_file)
     return run_audit(
