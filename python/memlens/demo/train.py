@@ -83,22 +83,33 @@ def _fit(
     loss_of: Callable[[torch.Generator], torch.Tensor],
     log: Callable[[str], None],
     name: str,
+    *,
+    constant: bool = False,
+    clip: float | None = None,
+    callback: Callable[[int], None] | None = None,
 ) -> list[float]:
-    """AdamW over ``params`` for ``steps`` steps on warm-up + cosine learning rates;
-    ``loss_of(gen)`` draws its batch (and noise) from ``gen``, seeded ``seed``."""
+    """AdamW over ``params`` for ``steps`` steps: warm-up, then cosine decay (or a constant
+    learning rate, ``constant``); gradients clipped to norm ``clip`` when given;
+    ``loss_of(gen)`` draws its batch (and noise) from ``gen``, seeded ``seed``;
+    ``callback(step)`` after every step."""
+    params = list(params)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(params, lr=peak, weight_decay=0.0)
     losses: list[float] = []
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, peak, s.warmup)
+            g["lr"] = _lr(step, None if constant else steps, peak, s.warmup)
         loss = loss_of(gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         losses.append(loss.item())
         if (step + 1) % 100 == 0:
             log(f"{name} step {step + 1}/{steps} loss {np.mean(losses[-100:]):.4f}")
+        if callback is not None:
+            callback(step + 1)
     return losses
 
 
@@ -168,16 +179,10 @@ def train_unet(
     steps, lr = (
         (s.unet_steps, s.unet_lr) if phase == 1 else (s.refine_steps[phase - 2], s.refine_lr)
     )
-    gen = torch.Generator().manual_seed(s.seed + 13 + 4 * (phase - 1))
     params = [*unet.parameters(), *text_encoder.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     ab = alphas_cumprod.float().to(device)
-    unet.train()
-    text_encoder.train().requires_grad_(True)
-    losses: list[float] = []
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, None, lr, s.warmup)
+
+    def loss_of(gen: torch.Generator) -> torch.Tensor:
         idx = torch.randint(len(latents), (s.unet_batch,), generator=gen).to(device)
         x0 = latents[idx]
         t = torch.randint(len(ab), (s.unet_batch,), generator=gen).to(device)
@@ -187,17 +192,12 @@ def train_unet(
         drop = (torch.rand(s.unet_batch, generator=gen) < s.caption_dropout).to(device)
         tokens = torch.where(drop.view(-1, 1), null_ids.expand_as(ids[idx]), ids[idx])
         cond = text_encoder(tokens)[0]
-        pred = unet(xt, t, encoder_hidden_states=cond).sample
-        loss = torch.nn.functional.mse_loss(pred, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if (step + 1) % 100 == 0:
-            log(f"unet phase {phase} step {step + 1}/{steps} loss {np.mean(losses[-100:]):.4f}")
-        if callback is not None:
-            callback(step + 1)
+        return torch.nn.functional.mse_loss(unet(xt, t, encoder_hidden_states=cond).sample, eps)
+
+    unet.train()
+    text_encoder.train().requires_grad_(True)
+    losses = _fit(params, steps, lr, s, s.seed + 13 + 4 * (phase - 1), loss_of, log,
+                  f"unet phase {phase}", constant=True, clip=1.0, callback=callback)  # fmt: skip
     unet.eval()
     text_encoder.eval().requires_grad_(False)
     return losses
