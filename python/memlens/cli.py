@@ -16,9 +16,8 @@ from memlens._dispatch import BackendUnavailableError
 # the run), 2 a user error (one line on stderr, nothing done), 130 interrupted.
 PARTIAL_FAILURE = 1
 MODEL_HELP = "local diffusers directory, or demo (the embedded model)"
-# the embedded demo model's weights (memlens.demo.model.WEIGHTS, without importing torch here)
-DEMO_WEIGHTS = Path(__file__).parent / "demo" / "weights"
 from memlens import cli_audit
+from memlens.demo import WEIGHTS as DEMO_WEIGHTS
 from memlens.errors import ModelUnavailableError
 
 

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
+from memlens.demo import WEIGHTS
+
 LATENT_CHANNELS = 8
-WEIGHTS = Path(__file__).parent / "weights"
 
 
 def vae(seed: int) -> Any:
