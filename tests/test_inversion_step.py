@@ -179,6 +179,78 @@ def test_noise_is_deterministic_and_fresh_per_step(backend: str) -> None:
     assert float((x1 - x2).abs().mean()) > 0.1
 
 
+def _cpu_levels() -> list[str]:
+    if _dispatch.compiled_cpu_reason("cpu") is not None:
+        return []
+    from memlens.backends.cpu import supported_simd
+
+    return supported_simd()
+
+
+@pytest.mark.parametrize("level", _cpu_levels())
+def test_cpu_simd_levels_draw_the_generators_normals(
+    monkeypatch: pytest.MonkeyPatch, level: str
+) -> None:
+    """Each level's Philox path (AVX-512: 16 or 32 blocks at a time, AVX2: 8 or 16, then a
+    scalar tail) draws the generator's normals, for lengths around every vector and batch
+    boundary: with mu = logvar = x0 = 0 and s = 1, x_t is the noise itself. A wrong Philox word
+    gives an unrelated number; the tolerance is only the polynomials' float32 rounding (FMA
+    contraction differs between levels)."""
+    monkeypatch.setenv("MEMLENS_SIMD", level)
+    for d in (1, 3, 4, 5, 63, 64, 65, 127, 128, 129, 511, 512, 513, 2047, 2048, 2049, 4100):
+        st = inv.InversionState.create(3, (d,), seed=0xDEADBEEF12345, device="cpu")
+        st.noise_step = 7
+        a = torch.full((3, 2), 0.5)
+        x = inv.sample_xt(st, torch.zeros(3, d), a, torch.ones(3, 2), backend="cpu")
+        z = ref.normal(torch.arange(6)[:, None], torch.arange(d)[None, :], seed=0xDEADBEEF12345,
+                       step=7)  # fmt: skip
+        torch.testing.assert_close(x.reshape(6, d).double(), z, atol=2e-6, rtol=2e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_output_buffers_are_filled_in_place(backend: str) -> None:
+    """``out=`` gives the same numbers as a fresh tensor, in the caller's buffer, so a loop
+    can reuse two buffers across steps; bad buffers are refused naming ``out``."""
+    dev = _dev(backend)
+    st, x0, a, s, g = _problem(2, 3, (5, 7), dev)
+    st2 = inv.InversionState(*(t.clone() for t in (st.mu, st.logvar, st.m_mu, st.v_mu, st.m_lv,
+                             st.v_lv)), seed=st.seed, shape=st.shape)  # fmt: skip
+    buf = torch.full((2, 3, 5, 7), float("nan"), device=dev)
+    xt = inv.sample_xt(st, x0, a, s, out=buf, backend=backend)
+    assert xt.data_ptr() == buf.data_ptr()
+    assert torch.equal(xt, inv.sample_xt(st, x0, a, s, backend=backend))
+    eh = torch.randn((2, 3, 5, 7), generator=g).to(dev)
+    gbuf = torch.full_like(buf, float("nan"))
+    _, ge = inv.x0_loss(xt, eh, x0, a, s, out=gbuf, backend=backend)
+    assert ge.data_ptr() == gbuf.data_ptr()
+    _, ge2 = inv.x0_loss(xt, eh, x0, a, s, backend=backend)
+    assert torch.equal(ge, ge2)
+    nbuf = torch.full((2, 3, 35), float("nan"), device=dev)  # (N, B, D) is accepted too
+    xn = inv.update(st, ge, eh, s, 0.5, x0=x0, next_coefs=(a, s), out=nbuf, backend=backend)
+    xn2 = inv.update(st2, ge2, eh, s, 0.5, x0=x0, next_coefs=(a, s), backend=backend)
+    assert xn is not None
+    assert xn2 is not None
+    assert xn.data_ptr() == nbuf.data_ptr()
+    assert torch.equal(xn, xn2)
+    assert torch.equal(st.mu, st2.mu)
+    assert torch.equal(st.v_lv, st2.v_lv)
+    with pytest.raises(ValueError, match="out must have shape"):
+        inv.sample_xt(st, x0, a, s, out=buf[:, :2], backend=backend)
+    with pytest.raises(TypeError, match="out must have dtype"):
+        inv.x0_loss(xt, eh, x0, a, s, out=buf.double(), backend=backend)
+    with pytest.raises(ValueError, match="out must be contiguous"):
+        inv.sample_xt(st, x0, a, s, out=buf.transpose(2, 3).contiguous().transpose(2, 3),
+                      backend=backend)  # fmt: skip
+    with pytest.raises(ValueError, match="out must not overlap"):
+        inv.x0_loss(xt, eh, x0, a, s, out=eh, backend=backend)
+    with pytest.raises(ValueError, match="out must not overlap"):
+        inv.update(st, ge, eh, s, 0.5, x0=x0, next_coefs=(a, s), out=ge, backend=backend)
+    with pytest.raises(ValueError, match="out is only used with next_coefs"):
+        inv.update(st, ge, eh, s, 0.5, out=nbuf, backend=backend)
+    with pytest.raises(TypeError, match="out must be a torch tensor"):
+        inv.sample_xt(st, x0, a, s, out=[1.0], backend=backend)  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------- gradients
 
 

@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "inversion_internal.h"
+#include "inversion_normals.h"
 #include "memlens/inversion_math.h"
 
 namespace memlens::cpu {
@@ -48,7 +49,7 @@ void sample_impl(const float* mu, const float* logvar, const float* x0, const fl
     for (int64_t b = 0; b < sh.b; ++b) {
       const int64_t row = i * sh.b + b;
       const float ab = a[row], sb = s[row];
-      inv::fill_normals(eps, static_cast<uint32_t>(row), static_cast<uint64_t>(j0), len, nz.step, k0, k1);
+      fill_normals(eps, static_cast<uint32_t>(row), static_cast<uint64_t>(j0), len, nz.step, k0, k1);
       T* out = xt + row * sh.d + j0;
 #pragma omp simd
       for (int64_t j = 0; j < len; ++j) out[j] = S::store(ab * x[j] + sb * (m[j] + sig[j] * eps[j]));
@@ -120,7 +121,7 @@ void update_impl(const InvParams& p, const float* x0, const float* g_eps, const 
     for (int64_t b = 0; b < sh.b; ++b) {
       const int64_t row = i * sh.b + b;
       const float sb = s[row];
-      inv::fill_normals(eps, static_cast<uint32_t>(row), static_cast<uint64_t>(j0), len, nz.step, k0, k1);
+      fill_normals(eps, static_cast<uint32_t>(row), static_cast<uint64_t>(j0), len, nz.step, k0, k1);
       const T* g = gm + row * sh.d + j0;
       if (g_eps != nullptr) {
         const float* ge = g_eps + row * sh.d + j0;
@@ -183,7 +184,7 @@ void update_impl(const InvParams& p, const float* x0, const float* g_eps, const 
     for (int64_t b = 0; b < sh.b; ++b) {
       const int64_t row = i * sh.b + b;
       const float ab = out.a_next[row], sb = out.s_next[row];
-      inv::fill_normals(eps, static_cast<uint32_t>(row), static_cast<uint64_t>(j0), len, step2, q0, q1);
+      fill_normals(eps, static_cast<uint32_t>(row), static_cast<uint64_t>(j0), len, step2, q0, q1);
       auto* xo = static_cast<T*>(out.xt_next) + row * sh.d + j0;
 #pragma omp simd
       for (int64_t j = 0; j < len; ++j) xo[j] = S::store(ab * x[j] + sb * (mu[j] + sig[j] * eps[j]));

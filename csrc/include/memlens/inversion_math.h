@@ -127,28 +127,6 @@ MEMLENS_HD static inline float normal_at(uint32_t row, uint64_t col, uint32_t st
   return r * cos_2pi((col & 1u) ? u - 0.25f : u);
 }
 
-#if !defined(__CUDACC__)
-// out[0, len) = the normals of row `row`, columns [col0, col0 + len), col0 a multiple of 4:
-// one Philox block per four columns (the loop vectorizes over blocks).
-static inline void fill_normals(float* out, uint32_t row, uint64_t col0, int64_t len,
-                                uint32_t step, uint32_t k0, uint32_t k1) {
-  const int64_t blocks = len / 4;
-  const uint32_t g0 = static_cast<uint32_t>(col0 >> 2);
-#pragma omp simd
-  for (int64_t q = 0; q < blocks; ++q) {
-    uint32_t x0, x1, x2, x3;
-    philox4(g0 + static_cast<uint32_t>(q), row, step, kPhiloxTag, k0, k1, x0, x1, x2, x3);
-    const float r1 = bm_radius(x0), u1 = bm_angle(x1);
-    const float r2 = bm_radius(x2), u2 = bm_angle(x3);
-    out[4 * q] = r1 * cos_2pi(u1);
-    out[4 * q + 1] = r1 * cos_2pi(u1 - 0.25f);
-    out[4 * q + 2] = r2 * cos_2pi(u2);
-    out[4 * q + 3] = r2 * cos_2pi(u2 - 0.25f);
-  }
-  for (int64_t j = blocks * 4; j < len; ++j)
-    out[j] = normal_at(row, col0 + static_cast<uint64_t>(j), step, k0, k1);
-}
-#endif
 
 // exp(x) for |x| < ~80: 2^(x log2 e) = 2^k 2^f, f in [-1/2, 1/2], degree-6 polynomial
 // (relative error ~2e-8 before rounding); saturates to 0 / +inf outside float's range.

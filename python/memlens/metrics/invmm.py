@@ -330,6 +330,10 @@ def invert(
     a, s = a.to(dev), s.to(dev)
     clock = _Clock(timings, dev)
     xt = inv.sample_xt(state, x0, a, s, dtype=model_dtype, backend=backend)
+    # buffers reused across steps (fresh large tensors page-fault on the CPU): g_eps, and the
+    # x_t the previous step's model consumed, which receives the x_t after next
+    g_buf: torch.Tensor | None = None
+    spare: torch.Tensor | None = None
     for step in range(settings.steps):
         xt = xt.detach().requires_grad_(True)
         sp_grad = None
@@ -341,7 +345,8 @@ def invert(
             else:
                 eps = denoiser(xt.flatten(0, 1), tf).view_as(xt)  # type: ignore[call-arg]
             clock.lap("model")
-            sse, g_eps = inv.x0_loss(xt, eps, x0, a, s, check=False, backend=backend)
+            sse, g_eps = inv.x0_loss(xt, eps, x0, a, s, out=g_buf, check=False, backend=backend)
+            g_buf = g_eps
             clock.lap("passes")
             wrt = [xt] if soft_prompt is None else [xt, soft_prompt.log_coeffs]
             grads = torch.autograd.grad(eps, wrt, g_eps.to(eps.dtype))
@@ -357,9 +362,10 @@ def invert(
         a2, s2 = a2.to(dev), s2.to(dev)
         clock.lap("other")
         xt_next = inv.update(state, g_eps, g_model, s, w_now, x0=x0, next_coefs=(a2, s2),
-                             adam=adam, check=False, backend=backend)  # fmt: skip
+                             adam=adam, out=spare, check=False, backend=backend)  # fmt: skip
         clock.lap("passes")
         assert xt_next is not None
+        spare = xt.detach()
         xt, a, s = xt_next, a2, s2
         for k, i in enumerate(active):
             losses[int(i)].append(float(p[k]))
@@ -398,6 +404,7 @@ def invert(
         weights.select(keep)
         x0, xt, a, s = x0[kt], xt[kt], a[kt], s[kt]
         t = t[torch.as_tensor(keep)]
+        g_buf = spare = None  # shapes changed
     for k, i in enumerate(active):
         results[int(i)] = InvMMResult(
             int(i), math.inf, False, settings.steps, state.mu[k].cpu().numpy().reshape(shape),

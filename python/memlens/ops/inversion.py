@@ -180,6 +180,43 @@ def _model_tensor(x: Any, name: str, n: int, b: int, d: int, device: torch.devic
     return x.detach().reshape(n, b, d).contiguous()
 
 
+def _out(
+    out: Any,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+    inputs: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """A caller's output buffer (None: a fresh one), checked and flattened to (N, B, D).
+
+    Reusing one buffer across steps matters on the CPU: a fresh tensor of many MiB is a fresh
+    mapping whose first write page-faults (about 11 ms per 40 MB on the 2-core test machine,
+    as much as the pass itself)."""
+    n, b = shape[0], shape[1]
+    d = math.prod(shape[2:])
+    if out is None:
+        return torch.empty((n, b, d), dtype=dtype, device=device)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{name} must be a torch tensor or None; got {type(out).__name__}")
+    if tuple(out.shape) != shape and tuple(out.shape) != (n, b, d):
+        raise ValueError(f"{name} must have shape {shape}; got {tuple(out.shape)}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}; got {out.dtype}")
+    if out.device != device:
+        raise ValueError(f"{name} must be on {device}; got {out.device}")
+    if not out.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+    if out.requires_grad:
+        raise ValueError(f"{name} must not require grad (pass a detached buffer)")
+    lo, hi = out.data_ptr(), out.data_ptr() + out.numel() * out.element_size()
+    for t in inputs:
+        t_lo = t.data_ptr()
+        if t.numel() and t_lo < hi and lo < t_lo + t.numel() * t.element_size():
+            raise ValueError(f"{name} must not overlap the inputs")
+    return out.view(n, b, d)
+
+
 def _state_shape(state: InversionState, n_b: torch.Tensor) -> tuple[int, int, int]:
     return state.n, int(n_b.shape[1]), state.d
 
@@ -194,11 +231,14 @@ def sample_xt(
     s: Any,
     *,
     dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
     check: bool = True,
     backend: str | None = None,
 ) -> torch.Tensor:
     """x_t = a x0 + s (mu + eps exp(logvar / 2)) for every sample: (N, B, *shape) in
-    ``dtype`` (the model's), drawn at ``state.noise_step``. a, s: (N, B)."""
+    ``dtype`` (the model's), drawn at ``state.noise_step``. a, s: (N, B).
+
+    ``out``: a contiguous buffer of that shape and dtype to write into (and return)."""
     dev = state.mu.device
     a_t = _coefs(a, "a", state.n, dev, check)
     s_t = _coefs(s, "s", state.n, dev, check)
@@ -207,11 +247,11 @@ def sample_xt(
         raise TypeError(f"dtype must be float32, float16 or bfloat16; got {dtype}")
     n, b, d = _state_shape(state, a_t)
     x = _x0(x0, n, d, dev)
-    out = torch.empty((n, b, d), dtype=dtype, device=dev)
+    res = _out(out, "out", (n, b, *state.shape), dtype, dev, (state.mu, state.logvar, x))
     _impl(dev, backend).sample(
-        state.mu, state.logvar, x, a_t, s_t, state.seed, state.noise_step, out
+        state.mu, state.logvar, x, a_t, s_t, state.seed, state.noise_step, res
     )
-    return out.view(n, b, *state.shape)
+    return res.view(n, b, *state.shape)
 
 
 def x0_loss(
@@ -222,6 +262,7 @@ def x0_loss(
     s: Any,
     *,
     reduce: bool = True,
+    out: torch.Tensor | None = None,
     check: bool = True,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,7 +270,8 @@ def x0_loss(
     sse.sum(1) / (B D)) and dp/d eps_hat (float32, shaped like eps_hat).
 
     ``reduce=False`` returns, instead of sse, the backend's partial sums (N, B, k), whose sum
-    over the last axis is sse: no extra launches per step on a GPU; sum them when needed."""
+    over the last axis is sse: no extra launches per step on a GPU; sum them when needed.
+    ``out``: a contiguous float32 buffer shaped like xt for g_eps (reused across steps)."""
     if not isinstance(xt, torch.Tensor):
         raise TypeError(f"xt must be a torch tensor; got {type(xt).__name__}")
     if xt.ndim < 3:
@@ -247,7 +289,7 @@ def x0_loss(
     if e.dtype != x.dtype:
         raise TypeError(f"eps_hat must have xt's dtype {x.dtype}; got {e.dtype}")
     x0f = _x0(x0, n, d, dev)
-    g_eps = torch.empty((n, b, d), dtype=torch.float32, device=dev)
+    g_eps = _out(out, "out", tuple(xt.shape), torch.float32, dev, (x, e, x0f))
     part = _impl(dev, backend).loss(x, e, x0f, a_t, s_t, g_eps)
     part = part.view(n, b, part.shape[-1])  # not -1: ambiguous when n * b == 0
     if not reduce:
@@ -266,6 +308,7 @@ def update(
     x0: torch.Tensor | None = None,
     next_coefs: tuple[Any, Any] | None = None,
     adam: AdamSettings = DEFAULT_ADAM,
+    out: torch.Tensor | None = None,
     check: bool = True,
     backend: str | None = None,
 ) -> torch.Tensor | None:
@@ -274,7 +317,9 @@ def update(
 
     With ``next_coefs=(a, s)`` (and ``x0``), also returns the next x_t drawn from the new
     parameters (the model's dtype, that of g_model). Advances ``state.adam_t`` and, when a
-    next x_t is drawn, ``state.noise_step``.
+    next x_t is drawn, ``state.noise_step``. ``out``: a contiguous buffer for that next x_t
+    (the model's dtype; it may be the x_t this step's model call consumed, or one of a pair
+    alternated across steps).
 
     ``check=False`` (every pass) skips the value checks of the coefficients and w, which cost
     a device synchronisation each on a GPU: for loops whose inputs come from a scheduler."""
@@ -303,7 +348,12 @@ def update(
         s2 = _coefs(next_coefs[1], "next_coefs[1] (s)", n, dev, check)
         _check_ab(a2, s2, check)
         x = _x0(x0, n, d, dev)
-        nxt = (a2, s2, torch.empty((a2.shape[0], a2.shape[1], d), dtype=gm.dtype, device=dev))
+        params = (state.mu, state.logvar, state.m_mu, state.v_mu, state.m_lv, state.v_lv)
+        buf = _out(out, "out", (n, int(a2.shape[1]), *state.shape), gm.dtype, dev,
+                   (ge, gm, x, *params))  # fmt: skip
+        nxt = (a2, s2, buf)
+    elif out is not None:
+        raise ValueError("out is only used with next_coefs")
     state.adam_t += 1
     _impl(dev, backend).update(state, ge, gm, s_t, w_t, adam, x, nxt)
     if nxt is None:
