@@ -199,6 +199,32 @@ def test_non_finite_inputs_are_rejected(bad: float, where: str) -> None:
         memlens.cosine_topk(q, r, 2)
 
 
+def test_finite_scan_fast_path_and_its_fallback() -> None:
+    """The validation pass proves a block finite from one float32 sum; a sum that overflows on
+    huge finite values must fall back to the elementwise test, not reject the input, and
+    +inf with -inf (a NaN sum) is still caught. The max row norm it returns for un-normalized
+    search is an upper bound within its rounding allowance of the float64 value, also when squares overflow
+    float32 or fall below its normal range."""
+    from memlens._arrays import as_matrix, scan_rows
+
+    huge = np.full((4, 8), 3e38, dtype=np.float32)  # its float32 sum overflows
+    huge[1] *= -1
+    assert scan_rows(as_matrix(huge, "refs"), check_finite=True, want_norm=False) == 0.0
+    both = np.zeros((3, 4), dtype=np.float32)
+    both[2, 1], both[2, 3] = np.inf, -np.inf
+    with pytest.raises(ValueError, match="refs must be finite; found NaN/Inf at row 2, column 1"):
+        scan_rows(as_matrix(both, "refs"), check_finite=True, want_norm=False)
+    rng = np.random.default_rng(5)
+    for scale in (1.0, 1e-21, 1e25):
+        x = (rng.standard_normal((50, 129)) * scale).astype(np.float32)
+        want = float(np.sqrt((x.astype(np.float64) ** 2).sum(1)).max())
+        got = scan_rows(as_matrix(x, "refs"), check_finite=True, want_norm=True)
+        assert want <= got <= want * (1 + 133 * 2.0**-24) + 1e-20, scale  # gamma_{d+3}
+    ro = unit_rows(6, 8, 3)
+    ro.setflags(write=False)  # read in place, never copied or written
+    assert scan_rows(as_matrix(ro, "refs"), check_finite=True, want_norm=True) >= 1.0
+
+
 def test_mixed_devices_are_rejected() -> None:
     q = unit_rows(3, 8, 19)
     r = torch.from_numpy(unit_rows(10, 8, 20))

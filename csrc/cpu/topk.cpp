@@ -309,16 +309,23 @@ void rerank_fp32(const float* queries, int64_t nq, const RowMatrix& refs, bool n
     if (indices[i] < 0 || indices[i] >= refs.rows) throw std::invalid_argument("rerank index out of range");
   // Candidate positions ordered by reference index (stable): a counting sort when the
   // candidates are dense in the references, a comparison sort when they are sparse.
+  // The kernel reads both in sequence: looking the reference up through a random position
+  // was a cache miss per candidate, the largest cost of the whole re-rank.
   const int64_t total = nq * kc, nr = refs.rows;
-  std::vector<int64_t> order(static_cast<size_t>(total));
+  std::vector<int64_t> order(static_cast<size_t>(total)), order_ref(static_cast<size_t>(total));
   if (nr <= 4 * total) {
     std::vector<int64_t> start(static_cast<size_t>(nr + 1), 0);
     for (int64_t p = 0; p < total; ++p) ++start[static_cast<size_t>(indices[p] + 1)];
     for (int64_t r = 0; r < nr; ++r) start[static_cast<size_t>(r + 1)] += start[static_cast<size_t>(r)];
-    for (int64_t p = 0; p < total; ++p) order[static_cast<size_t>(start[static_cast<size_t>(indices[p])]++)] = p;
+    for (int64_t p = 0; p < total; ++p) {
+      const int64_t o = start[static_cast<size_t>(indices[p])]++;
+      order[static_cast<size_t>(o)] = p;
+      order_ref[static_cast<size_t>(o)] = indices[p];
+    }
   } else {
     std::iota(order.begin(), order.end(), int64_t{0});
     std::stable_sort(order.begin(), order.end(), [indices](int64_t a, int64_t b) { return indices[a] < indices[b]; });
+    for (int64_t o = 0; o < total; ++o) order_ref[static_cast<size_t>(o)] = indices[order[static_cast<size_t>(o)]];
   }
   const cpu::RerankFn fn = cpu::rerank_for(opt.simd);
   int threads = cpu::thread_count(opt);
@@ -330,7 +337,7 @@ void rerank_fp32(const float* queries, int64_t nq, const RowMatrix& refs, bool n
     tid = omp_get_thread_num();
     nt = omp_get_num_threads();
 #endif
-    const cpu::RerankTask t{queries, &refs, normalize_refs, indices, order.data(),
+    const cpu::RerankTask t{queries, &refs, normalize_refs, order.data(), order_ref.data(),
                             total * tid / nt, total * (tid + 1) / nt, kc, scores};
     if (t.end > t.begin) fn(t);
   }

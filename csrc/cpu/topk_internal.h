@@ -76,8 +76,8 @@ struct RerankTask {
   const float* q;
   const RowMatrix* refs;
   bool normalize;
-  const int64_t* indices;
-  const int64_t* order;
+  const int64_t* order;     // candidate positions p (row p / kc of the queries), by reference
+  const int64_t* order_ref;  // the reference of each: indices[order[o]], read in sequence
   int64_t begin, end;
   int64_t kc;
   float* scores;

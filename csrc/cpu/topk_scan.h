@@ -348,7 +348,7 @@ inline void rerank_rows(const RerankTask& t) {
   float* buf = row.as<float>();
   int64_t loaded = -1;
   for (int64_t o = t.begin; o < t.end; ++o) {
-    const int64_t p = t.order[o], r = t.indices[p];
+    const int64_t p = t.order[o], r = t.order_ref[o];
     if (r != loaded) load_row(*t.refs, loaded = r, t.normalize, buf);
     t.scores[p] = dot_f32(t.q + p / t.kc * d, buf, d);
   }

@@ -30,9 +30,6 @@ from memlens.reference.topk import sort_topk
 FIRST_MARGIN = 32
 PILOT_ROWS = 8192
 PILOT_QUERIES = 256
-# Queries re-ranked together: bounds the re-rank's temporaries while each reference row
-# gathered is still shared by many queries.
-RERANK_QUERIES = 1024
 MIN_GROWTH = 2
 SAFETY = 1.5
 MAX_CANDIDATES = 8192
@@ -110,13 +107,11 @@ def _certified_pass(
     approximate scores, and the approximate score an excluded reference would need to
     displace the k-th (so the query is certified iff approx[:, kc] < needed)."""
     approx, cand, err = impl.candidates(q, refs, kc + 1, normalize, precision)
-    nq = q.shape[0]
-    s = torch.empty((nq, k), dtype=torch.float32, device=q.device)
-    i = torch.empty((nq, k), dtype=torch.int64, device=q.device)
-    for a in range(0, nq, RERANK_QUERIES):  # blocks of queries bound the temporaries
-        b = min(nq, a + RERANK_QUERIES)
-        exact = impl.rerank(q[a:b], refs, cand[a:b, :kc], normalize)
-        s[a:b], i[a:b] = sort_topk(exact, cand[a:b, :kc], k)
+    # the whole group at once (its candidate lists already fit the workspace): every
+    # reference row is read once for all the group's queries that list it, where blocks of
+    # queries would read the candidate rows once per block (4 blocks: 2x the re-rank time)
+    exact = impl.rerank(q, refs, cand[:, :kc], normalize)
+    s, i = sort_topk(exact, cand[:, :kc], k)
     # an excluded reference could score up to approx[:, kc] + err, and the re-rank is off by
     # at most slack: the k-th exact score must beat both
     needed = s[:, k - 1] - err - rerank_slack(q.shape[1], q, max_ref_norm)
