@@ -47,7 +47,11 @@ def test_every_stage_writes_its_results(audited: tuple[Path, object]) -> None:
 def test_labels_give_every_detector_an_auc(audited: tuple[Path, object]) -> None:
     run, summary = audited
     ev = summary.evaluation  # type: ignore[attr-defined]
-    for name in ("content scan (max SSCD)", "prompt magnitude (first step)", "motion magnitude"):
+    for name in (
+        "content scan (max similarity)",
+        "prompt magnitude (first step)",
+        "motion magnitude",
+    ):
         assert 0.0 <= ev[name]["auc"] <= 1.0
         assert ev[name]["positives"] == 2
         assert ev[name]["negatives"] == 2
@@ -105,7 +109,7 @@ def test_evaluate_handles_missing_scores_and_one_class() -> None:
             {"label": 0, "magnitude": 1.0}]  # fmt: skip
     ev = evaluate(rows, [])
     assert ev["prompt magnitude (first step)"]["auc"] == 1.0
-    assert "content scan (max SSCD)" not in ev  # no content_max in the rows
+    assert "content scan (max similarity)" not in ev  # no content_max in the rows
     assert evaluate([{"label": 1, "magnitude": 1.0}], []) == {}
     inv = [{"label": 1, "invmm": 0.1}, {"label": 0, "invmm": None}, {"label": 0, "invmm": 0.5}]
     assert evaluate([], inv)["InvMM (training items)"]["auc"] == 1.0

@@ -90,17 +90,39 @@ def test_resumed_training_equals_one_call(tmp_path: Path) -> None:
         train(tmp_path / "x", replace(TINY, seed=1), log=lambda _: None, resume=(first, 2))
 
 
-def test_demo_sets_aside_an_audit_of_other_weights(tmp_path: Path) -> None:
-    from memlens.demo.run import _set_aside_other_weights
+def test_demo_sets_aside_an_audit_of_other_weights_or_settings(tmp_path: Path) -> None:
+    from dataclasses import asdict, replace
+
+    from memlens.demo.run import DEMO_SETTINGS, _set_aside_other_audit
     from memlens.engine.audit import model_fingerprint
 
     audit = tmp_path / "audit"
     audit.mkdir()
     current = model_fingerprint(model.WEIGHTS)
-    (audit / "audit.json").write_text(json.dumps({"settings": {"model_files": current}}))
-    _set_aside_other_weights(audit, model.WEIGHTS, None)
-    assert audit.is_dir()  # same weights: resumed as before
-    (audit / "audit.json").write_text(json.dumps({"settings": {"model_files": "0123abcd"}}))
-    _set_aside_other_weights(audit, model.WEIGHTS, None)
+    settings = json.loads(json.dumps(asdict(DEMO_SETTINGS), default=str))
+
+    def write(**over: object) -> None:
+        record = {**settings, "model_files": current, "engine": "ray", **over}
+        (audit / "audit.json").write_text(json.dumps({"settings": record}))
+
+    write()  # same weights and settings (another engine is fine): resumed as before
+    _set_aside_other_audit(audit, model.WEIGHTS, DEMO_SETTINGS, None)
+    assert audit.is_dir()
+    write(model_files="0123abcd")
+    _set_aside_other_audit(audit, model.WEIGHTS, DEMO_SETTINGS, None)
     assert not audit.exists()
     assert (tmp_path / "audit-0123abcd" / "audit.json").is_file()  # kept, not deleted
+    audit.mkdir()
+    write(embedder="default")  # an audit from before the demo's embedder changed
+    _set_aside_other_audit(audit, model.WEIGHTS, DEMO_SETTINGS, None)
+    assert (tmp_path / f"audit-{current}" / "audit.json").is_file()
+    audit.mkdir()
+    write()
+    _set_aside_other_audit(audit, model.WEIGHTS, replace(DEMO_SETTINGS, seed=1), None)
+    assert (tmp_path / f"audit-{current}-2" / "audit.json").is_file()
+    audit.mkdir()
+    (audit / "audit.json").write_text(
+        json.dumps({"settings": {k: v for k, v in settings.items() if k != "content_tau"}})
+    )  # from before content_tau existed: it ran at the default 0.5, the demo now uses 0.7
+    _set_aside_other_audit(audit, model.WEIGHTS, DEMO_SETTINGS, None)
+    assert (tmp_path / "audit-old" / "audit.json").is_file()

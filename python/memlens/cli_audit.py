@@ -28,6 +28,9 @@ def add_parsers(sub: Any, positive: Any, positive_float: Any) -> None:
     aud.add_argument(
         "--embedder", default="default", help="sscd | sscd_distilled | builtin | onnx:PATH"
     )
+    aud.add_argument("--tau", type=float, default=0.5,
+                     help="content-memorized decision: max similarity > tau (default 0.5, "
+                          "Somepalli et al.; 0.7 is the strict one)")  # fmt: skip
     aud.add_argument("--generations", type=positive, default=1, help="samples per prompt")
     aud.add_argument("--seed", type=int, default=0)
     aud.add_argument(
@@ -88,6 +91,7 @@ def audit(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance,
         call_kwargs={k: v for k, v in sizes.items() if v is not None},
         embedder=args.embedder,
+        content_tau=args.tau,
         index_frames=args.index_frames,
         flow_frames=args.flow_frames,
         motion=not args.no_motion,

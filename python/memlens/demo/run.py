@@ -11,20 +11,32 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from memlens.engine.audit import AuditSettings, AuditSummary, run_audit
 from memlens.engine.records import atomic_write_text
+from memlens.metrics.content import TAU_STRICT
 
 UNIQUE_PROMPTS = 25  # single-item training captions among the prompts
 UNIQUE_INVERTED = 5  # single-item training clips among the InvMM targets
 
-# The demo's audit settings: the model's own frame count and size, a 25-step DDIM sampler.
+# The demo's audit settings: the model's own frame count and size, a 25-step DDIM sampler,
+# and the builtin descriptor as the embedder. SSCD is a ResNet-50 trained on >= 224 px
+# photographs; the demo's 32 x 32 frames reach it upsampled 9x, where blurred frames all look
+# alike: on the demo its content scan ranked the planted prompts at AUC 0.50 (every generation
+# scored 0.41-0.67 to some training clip), the builtin descriptor (a 64 x 64 canonical frame)
+# at AUC 0.94 (2026-11-27). Below ~64 px, prefer ``--embedder builtin``.
 DEMO_SETTINGS = AuditSettings(
     num_inference_steps=25,
     guidance_scale=7.5,
     call_kwargs={"num_frames": 8, "height": 32, "width": 32},
+    embedder="builtin",
+    # The strict threshold (Wen et al.'s 0.7, methods.md §0.1): a sample's score is the best of
+    # 8 x 1984 frame pairs, and at 0.5 nearly every sample would be flagged (42 of the 43
+    # unplanted: the single clips share 13 photographs, whose textures the model does repeat).
+    content_tau=TAU_STRICT,
     index_frames=4,
     flow_frames=8,
     flow_short_side=128,
@@ -87,21 +99,35 @@ def prepare(run: Path, seed: int = 0) -> tuple[Path, Path, list[str]]:
     return train, prompt_file, targets
 
 
-def _set_aside_other_weights(audit: Path, model: str | Path, log: Any) -> None:
-    """An earlier demo audit of other weights (an upgrade shipped a retrained model) is moved
-    to ``audit-<its weights' fingerprint>`` so that the demo starts over instead of refusing to
-    resume; nothing is deleted."""
+def _set_aside_other_audit(
+    audit: Path, model: str | Path, settings: AuditSettings, log: Any
+) -> None:
+    """An earlier demo audit of other weights or with other settings (an upgrade shipped a
+    retrained model, or changed the demo's settings) is moved to ``audit-<its weights'
+    fingerprint>`` (``-2``, ``-3``... if taken) so that the demo starts over instead of refusing
+    to resume; nothing is deleted. Where the work runs (engine, Ray address) may differ."""
     from memlens.engine.audit import model_fingerprint
 
     try:
-        old = json.loads((audit / "audit.json").read_text())["settings"].get("model_files")
-    except (OSError, ValueError, KeyError, TypeError):
+        old = json.loads((audit / "audit.json").read_text())["settings"]
+        old_files = old.get("model_files")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return
-    if old is not None and old != model_fingerprint(model):
-        target = audit.with_name(f"audit-{old}")
-        audit.rename(target)
-        if log is not None:
-            log(f"{audit} audited other weights: moved to {target}; starting over")
+    now = json.loads(json.dumps(asdict(settings), default=str))
+    default = json.loads(json.dumps(asdict(AuditSettings()), default=str))
+    same = old_files in (None, model_fingerprint(model)) and all(
+        old.get(k, default[k]) == v for k, v in now.items() if k not in ("engine", "ray_address")
+    )  # a setting added since that audit ran: it ran with the default
+    if same:
+        return
+    target = audit.with_name(f"audit-{old_files or 'old'}")
+    n = 2
+    while target.exists():
+        target = audit.with_name(f"audit-{old_files or 'old'}-{n}")
+        n += 1
+    audit.rename(target)
+    if log is not None:
+        log(f"{audit} audited other weights or settings: moved to {target}; starting over")
 
 
 def run_demo(
@@ -119,7 +145,7 @@ def run_demo(
 
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
-    _set_aside_other_weights(run / "audit", model or WEIGHTS, log)
+    _set_aside_other_audit(run / "audit", model or WEIGHTS, settings, log)
     train, prompt_file, targets = prepare(run)
     prompts, labels = read_prompt_file(prompt_file)
     return run_audit(

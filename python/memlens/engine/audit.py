@@ -40,6 +40,7 @@ from memlens.engine.records import (
     versions,
     write_parquet,
 )
+from memlens.metrics.content import TAU_DEFAULT
 
 AUDIT = "audit.json"
 PROMPTS = "prompts.jsonl"
@@ -58,6 +59,7 @@ class AuditSettings:
     guidance_scale: float | None = None  # None: the pipeline's default
     call_kwargs: dict[str, Any] = field(default_factory=dict)  # height, width, num_frames
     embedder: str = "default"
+    content_tau: float = TAU_DEFAULT  # content-memorized decision: max similarity > tau
     index_frames: int = 8  # uniform frames per training video in the index
     motion: bool = True
     flow_frames: int = 16  # frames per video the flows are computed on (uniform resampling)
@@ -78,6 +80,8 @@ class AuditSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0; got {v!r}")
+        if not (isinstance(self.content_tau, int | float) and 0 <= self.content_tau <= 1):
+            raise ValueError(f"--tau must be in [0, 1]; got {self.content_tau!r}")
         if self.engine not in ("local", "ray"):
             raise ValueError(f"--engine must be local or ray; got {self.engine!r}")
 
@@ -171,6 +175,12 @@ def model_fingerprint(model: object) -> str | None:
 _WHERE_KEYS = ("engine", "ray_address")
 
 
+def _setting_defaults() -> dict[str, Any]:
+    """AuditSettings' defaults as audit.json stores settings."""
+    out: dict[str, Any] = json.loads(json.dumps(asdict(AuditSettings()), default=str))
+    return out
+
+
 class _State:
     """``audit.json``: settings, and per stage whether it finished and how long it took."""
 
@@ -188,9 +198,11 @@ class _State:
                 before = {}
             old = before.get("settings", {})
             for key, value in settings.items():
-                if key in old and old[key] != value and key not in _WHERE_KEYS:
+                # a setting added since that audit ran: it ran with the setting's default
+                was = old.get(key, _setting_defaults().get(key, value))
+                if was != value and key not in _WHERE_KEYS:
                     raise ValueError(
-                        f"--resume: the audit in {str(run)!r} used {key}={old[key]!r}; now "
+                        f"--resume: the audit in {str(run)!r} used {key}={was!r}; now "
                         f"{value!r} (use a new --out)"
                     )
         elif run.exists() and any(run.iterdir()) and not resume:
@@ -221,7 +233,7 @@ class _State:
 
 # Detector -> (label key, score key in the joined rows); every score: higher = more memorized
 DETECTORS: dict[str, tuple[str, str]] = {
-    "content scan (max SSCD)": ("content_label", "content_max"),
+    "content scan (max similarity)": ("content_label", "content_max"),
     "motion scan (OFS)": ("motion_label", "motion_ofs"),
     "prompt magnitude (first step)": ("label", "magnitude"),
     "content magnitude": ("content_label", "content_magnitude"),
@@ -401,7 +413,9 @@ def run_audit(
     state = _State(run, json.loads(json.dumps(record, default=str)), resume)
     seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
     scan_settings = ScanSettings(
-        motion=s.motion, flow=FlowOptions(frames=s.flow_frames, short_side=s.flow_short_side)
+        tau=s.content_tau,
+        motion=s.motion,
+        flow=FlowOptions(frames=s.flow_frames, short_side=s.flow_short_side),
     )
 
     def stage(name: str, fn: Callable[[], dict[str, Any] | None]) -> None:
