@@ -66,53 +66,40 @@ inline void philox_words(uint32_t* w0, uint32_t* w1, uint32_t* w2, uint32_t* w3,
     key0[r] = L::set1(k0 + static_cast<uint32_t>(r) * 0x9E3779B9u);
     key1[r] = L::set1(k1 + static_cast<uint32_t>(r) * 0xBB67AE85u);
   }
-  const V c1_0 = L::set1(row), c2_0 = L::set1(step), c3_0 = L::set1(inv::kPhiloxTag);
+  struct Block {  // the counter words of L::kWidth consecutive blocks, one per lane
+    V c0, c1, c2, c3;
+  };
+  const auto start = [&](int64_t at) {
+    return Block{L::add(L::set1(g0 + static_cast<uint32_t>(at)), L::iota()), L::set1(row),
+                 L::set1(step), L::set1(inv::kPhiloxTag)};
+  };
+  const auto round = [&](Block& x, int r) {
+    V hi0, lo0, hi1, lo1;
+    L::mulhilo(x.c0, m0, hi0, lo0);
+    L::mulhilo(x.c2, m1, hi1, lo1);
+    x = Block{L::xor3(hi1, x.c1, key0[r]), lo1, L::xor3(hi0, x.c3, key1[r]), lo0};
+  };
+  const auto store = [&](const Block& x, int64_t at) {
+    L::store(w0 + at, x.c0);
+    L::store(w1 + at, x.c1);
+    L::store(w2 + at, x.c2);
+    L::store(w3 + at, x.c3);
+  };
   // two independent vectors per iteration: one round is a chain of dependent multiplies,
   // blends and xors, and a second chain fills the pipeline while the first waits
   for (; q + 2 * L::kWidth <= n; q += 2 * L::kWidth) {
-    V a0 = L::add(L::set1(g0 + static_cast<uint32_t>(q)), L::iota());
-    V b0 = L::add(a0, L::set1(L::kWidth));
-    V a1 = c1_0, a2 = c2_0, a3 = c3_0, b1 = c1_0, b2 = c2_0, b3 = c3_0;
+    Block a = start(q), b = start(q + L::kWidth);
     for (int r = 0; r < 10; ++r) {
-      V ah0, al0, ah1, al1, bh0, bl0, bh1, bl1;
-      L::mulhilo(a0, m0, ah0, al0);
-      L::mulhilo(b0, m0, bh0, bl0);
-      L::mulhilo(a2, m1, ah1, al1);
-      L::mulhilo(b2, m1, bh1, bl1);
-      a0 = L::xor3(ah1, a1, key0[r]);
-      b0 = L::xor3(bh1, b1, key0[r]);
-      a2 = L::xor3(ah0, a3, key1[r]);
-      b2 = L::xor3(bh0, b3, key1[r]);
-      a1 = al1;
-      b1 = bl1;
-      a3 = al0;
-      b3 = bl0;
+      round(a, r);
+      round(b, r);
     }
-    L::store(w0 + q, a0);
-    L::store(w1 + q, a1);
-    L::store(w2 + q, a2);
-    L::store(w3 + q, a3);
-    L::store(w0 + q + L::kWidth, b0);
-    L::store(w1 + q + L::kWidth, b1);
-    L::store(w2 + q + L::kWidth, b2);
-    L::store(w3 + q + L::kWidth, b3);
+    store(a, q);
+    store(b, q + L::kWidth);
   }
   for (; q + L::kWidth <= n; q += L::kWidth) {
-    V c0 = L::add(L::set1(g0 + static_cast<uint32_t>(q)), L::iota());
-    V c1 = c1_0, c2 = c2_0, c3 = c3_0;
-    for (int r = 0; r < 10; ++r) {
-      V hi0, lo0, hi1, lo1;
-      L::mulhilo(c0, m0, hi0, lo0);
-      L::mulhilo(c2, m1, hi1, lo1);
-      c0 = L::xor3(hi1, c1, key0[r]);
-      c2 = L::xor3(hi0, c3, key1[r]);
-      c1 = lo1;
-      c3 = lo0;
-    }
-    L::store(w0 + q, c0);
-    L::store(w1 + q, c1);
-    L::store(w2 + q, c2);
-    L::store(w3 + q, c3);
+    Block a = start(q);
+    for (int r = 0; r < 10; ++r) round(a, r);
+    store(a, q);
   }
 #endif
   for (; q < n; ++q)
