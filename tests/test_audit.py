@@ -217,3 +217,26 @@ def test_resume_refuses_changed_weights_at_the_same_path(
     weights.write_bytes(bytes(data))
     assert model_fingerprint(copy) != recorded
     assert model_fingerprint(tmp_path / "missing") is None
+
+
+def test_small_frames_warning_names_builtin(tmp_path: Path) -> None:
+    """SSCD on frames below 64 px gets a one-line hint to use builtin; builtin, big frames
+    and an empty or unreadable sample directory get none."""
+    import cv2
+
+    from memlens.engine.audit import small_frames_warning
+
+    small, big = tmp_path / "small", tmp_path / "big"
+    small.mkdir()
+    big.mkdir()
+    cv2.imwrite(str(small / "a.png"), np.zeros((32, 48, 3), np.uint8))
+    cv2.imwrite(str(big / "a.png"), np.zeros((64, 64, 3), np.uint8))
+    hint = small_frames_warning("sscd", small)
+    assert hint is not None
+    assert "32 px" in hint
+    assert "--embedder builtin" in hint
+    assert small_frames_warning("builtin", small) is None
+    assert small_frames_warning("sscd_distilled", big) is None
+    assert small_frames_warning("sscd", tmp_path / "none") is None
+    (small / "a.png").write_bytes(b"not a png")
+    assert small_frames_warning("sscd", small) is None

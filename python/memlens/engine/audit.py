@@ -175,6 +175,36 @@ def model_fingerprint(model: object) -> str | None:
 _WHERE_KEYS = ("engine", "ray_address")
 
 
+# SSCD models were trained on photographs of 224-320 px; far below that, upsampled frames all
+# look alike to them (the demo's 32 px frames: content scan AUC 0.50 with SSCD, 0.94 builtin).
+SMALL_FRAME = 64
+
+
+def small_frames_warning(embedder: str, samples: Path) -> str | None:
+    """A line advising ``--embedder builtin`` when an SSCD model would embed generated frames
+    whose short side is below SMALL_FRAME pixels (judged on the first sample), else None."""
+    from memlens.embed import default_embedder_name
+    from memlens.errors import MediaError
+    from memlens.video.decode import read_frame
+
+    name = default_embedder_name() if embedder == "default" else embedder
+    if not name.startswith("sscd"):
+        return None
+    first = next(iter(sorted(p for p in samples.glob("*") if p.is_file())), None)
+    if first is None:
+        return None
+    try:
+        side = min(read_frame(first, 0).shape[:2])
+    except (MediaError, OSError, ValueError):  # the scan reports unreadable samples
+        return None
+    if side >= SMALL_FRAME:
+        return None
+    return (
+        f"warning: the samples are {side} px on the short side; {name} was trained on "
+        f">= 224 px photographs and ranks such small frames poorly: consider --embedder builtin"
+    )
+
+
 def _setting_defaults() -> dict[str, Any]:
     """AuditSettings' defaults as audit.json stores settings."""
     out: dict[str, Any] = json.loads(json.dumps(asdict(AuditSettings()), default=str))
@@ -437,6 +467,8 @@ def run_audit(
         return {"samples": len(r.rows)}
 
     def do_index() -> dict[str, Any]:
+        if (warning := small_frames_warning(s.embedder, run / "generate" / "samples")) is not None:
+            say(warning)
         r = build_index(train, run / "index", embedder=s.embedder, frames=s.index_frames,
                         resume=True, progress=progress)  # fmt: skip
         return {"items": r.items, "errors": len(r.errors)}
