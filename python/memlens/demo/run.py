@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -108,19 +107,15 @@ def _set_aside_other_audit(
     retrained model, or changed the demo's settings) is moved to ``audit-<its weights'
     fingerprint>`` (``-2``, ``-3``... if taken) so that the demo starts over instead of refusing
     to resume; nothing is deleted. Where the work runs (engine, Ray address) may differ."""
-    from memlens.engine.audit import model_fingerprint
+    from memlens.engine.audit import changed_setting, model_fingerprint, stored_settings
 
     try:
         old = json.loads((audit / "audit.json").read_text())["settings"]
         old_files = old.get("model_files")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return
-    now = json.loads(json.dumps(asdict(settings), default=str))
-    default = json.loads(json.dumps(asdict(AuditSettings()), default=str))
-    same = old_files in (None, model_fingerprint(model)) and all(
-        old.get(k, default[k]) == v for k, v in now.items() if k not in ("engine", "ray_address")
-    )  # a setting added since that audit ran: it ran with the default
-    if same:
+    now = {**stored_settings(settings), "model_files": model_fingerprint(model)}
+    if changed_setting(old, now) is None:  # the resume in run_audit accepts it
         return
     target = audit.with_name(f"audit-{old_files or 'old'}")
     n = 2

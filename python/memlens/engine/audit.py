@@ -205,10 +205,23 @@ def small_frames_warning(embedder: str, samples: Path) -> str | None:
     )
 
 
-def _setting_defaults() -> dict[str, Any]:
-    """AuditSettings' defaults as audit.json stores settings."""
-    out: dict[str, Any] = json.loads(json.dumps(asdict(AuditSettings()), default=str))
+def stored_settings(s: AuditSettings) -> dict[str, Any]:
+    """Settings as audit.json stores them (JSON values)."""
+    out: dict[str, Any] = json.loads(json.dumps(asdict(s), default=str))
     return out
+
+
+def changed_setting(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """The first setting in ``new`` that the audit recorded as ``old`` ran with another value,
+    as (key, that value); None when a resume may continue it. A key ``old`` lacks was added
+    since that audit ran, which then ran with the key's default; where the work runs
+    (``_WHERE_KEYS``) may change."""
+    defaults = stored_settings(AuditSettings())
+    for key, value in new.items():
+        was = old.get(key, defaults.get(key, value))
+        if was != value and key not in _WHERE_KEYS:
+            return key, was
+    return None
 
 
 class _State:
@@ -226,15 +239,13 @@ class _State:
                 before = json.loads(self.path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
                 before = {}
-            old = before.get("settings", {})
-            for key, value in settings.items():
-                # a setting added since that audit ran: it ran with the setting's default
-                was = old.get(key, _setting_defaults().get(key, value))
-                if was != value and key not in _WHERE_KEYS:
-                    raise ValueError(
-                        f"--resume: the audit in {str(run)!r} used {key}={was!r}; now "
-                        f"{value!r} (use a new --out)"
-                    )
+            changed = changed_setting(before.get("settings", {}), settings)
+            if changed is not None:
+                key, was = changed
+                raise ValueError(
+                    f"--resume: the audit in {str(run)!r} used {key}={was!r}; now "
+                    f"{settings[key]!r} (use a new --out)"
+                )
         elif run.exists() and any(run.iterdir()) and not resume:
             raise ValueError(f"--out: {str(run)!r} is not empty; pass --resume or a new directory")
         run.mkdir(parents=True, exist_ok=True)
