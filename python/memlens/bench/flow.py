@@ -6,8 +6,11 @@ ceiling is the machine's memory bandwidth. Every number below is measured in thi
 same data, in the same run:
 
 - a memory-bandwidth probe: torch.sum (all threads) and numpy.sum (one thread) over a float32
-  array larger than the caches, and a torch copy; the best read rate is the denominator of
-  ``vs_probe`` (this kernel only reads its input);
+  array larger than the caches, and a torch copy, once per run (printed, and the denominator of
+  the torch baseline's ``vs_probe``). A memlens CPU row's ``vs_probe`` is the median over its
+  calls of the call's read rate over a torch.sum probe run right after it (this kernel only
+  reads its input): the machine's bandwidth moves with other tenants' load within minutes, so
+  only rates measured at the same moments compare;
 - a torch eager composite of the same statistics (float32 math, vectorized over candidates in
   chunks; the best of a few chunk sizes, tried in the same run): the baseline of ``vs_torch``;
 - memlens backends, each where available here (cpu; cuda and triton on a GPU).
@@ -33,6 +36,7 @@ import torch
 import memlens
 from memlens import _dispatch
 from memlens.bench.machine import metadata
+from memlens.bench.timing import median_ratio, times_with_probe
 from memlens.reference.flow import COS_EPS, FIELD_STATS, PAIR_STATS, FlowStats, grid
 from memlens.reference.flow import flow_similarity as reference
 
@@ -256,12 +260,17 @@ def run(
                 check_finite=False,
             )  # fmt: skip
 
-            times = timed(call, cfg.repeat, sync)
+            if m.device == "cpu":  # each call against a probe read right after it
+                times, reads = times_with_probe(call, "cpu", cfg.repeat, cfg.probe_mb)
+            else:
+                times, reads = timed(call, cfg.repeat, sync), []
             secs = statistics.median(times)
             row = Row(m.name, dname, m.device, secs, min(times), nbytes / secs / 1e9)
             row.vs_torch = t_eager / secs
-            if m.device == "cpu":
-                row.vs_probe = row.gb_per_s / probe["read"]
+            if reads:
+                row.vs_probe = median_ratio(nbytes, times, reads)
+                row.extra["probe_read_gbps"] = reads
+                row.extra["seconds_each"] = times
             row.max_err = max_rel_err(call(), ref)
             rows.append(row)
             log(

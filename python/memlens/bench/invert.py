@@ -33,7 +33,7 @@ import torch
 
 from memlens.bench.flow import memory_probe
 from memlens.bench.machine import metadata
-from memlens.bench.timing import timed
+from memlens.bench.timing import median_ratio, timed, times_with_probe
 from memlens.ops import inversion as inv
 
 C_MODEL = 0.5  # the stand-in model: eps_hat = C_MODEL * x_t
@@ -53,23 +53,6 @@ SMOKE = [Case("4x4x32x32", 1, 4, 4 * 32 * 32), Case("1e6", 1, 1, 1_000_000)]
 
 def _timed(fn: Callable[[], object], dev: str, repeat: int, warmup: int = 2) -> float:
     return timed(fn, dev, repeat, warmups=warmup)
-
-
-def _pass_times(
-    fn: Callable[[], None], dev: str, repeat: int, probe_mb: int
-) -> tuple[list[float], list[float]]:
-    """Seconds of ``repeat`` calls of ``fn`` after two warm-ups, each followed by one read of
-    a ``probe_mb`` MiB array (CPU; its GB/s is the second list), so that the kernel and the
-    probe are measured at the same moments (see the module docstring)."""
-    for _ in range(2):
-        fn()
-    a = torch.ones(probe_mb * 2**20 // 4) if dev == "cpu" else None
-    times, probe = [], []
-    for _ in range(repeat):
-        times.append(timed(fn, dev, 1, warmups=0))
-        if a is not None:
-            probe.append(a.numel() * 4 / timed(lambda: a.sum(), dev, 1, warmups=0) / 1e9)
-    return times, probe
 
 
 def gpu_probe(mb: int, repeat: int) -> dict[str, float]:
@@ -194,17 +177,16 @@ def run(smoke: bool = False, json_path: str | None = None, repeat: int | None = 
         p = _problem(c, dev)
         step, passes = memlens_step(c, p, backend)
         t_mem = _timed(step, dev, repeat)
-        t_all, p_all = _pass_times(passes, dev, repeat, 128 if smoke else 1024)
+        t_all, p_all = times_with_probe(passes, dev, repeat, 128 if smoke else 1024)
         t_pass, t_best = statistics.median(t_all), min(t_all)
         nbytes = 4 * (6 * c.n * c.b * c.d + 14 * c.n * c.d)
         # each call against the probe read right after it; the median of those ratios
         p_all = p_all or [probe["read"]] * len(t_all)
-        ratios = [nbytes / t / 1e9 / r for t, r in zip(t_all, p_all, strict=True)]
         row: dict[str, Any] = {**asdict(c), "memlens_s": t_mem, "passes_s": t_pass,
                                "passes_best_s": t_best, "passes_gbps": nbytes / t_best / 1e9,
                                "passes_median_gbps": nbytes / t_pass / 1e9,
                                "probe_read_gbps": p_all,
-                               "passes_vs_probe": statistics.median(ratios)}  # fmt: skip
+                               "passes_vs_probe": median_ratio(nbytes, t_all, p_all)}  # fmt: skip
         t_eager = _timed(torch_step(c, p, fused=False, compiled=False), dev, repeat)
         row["eager_s"] = t_eager
         row["vs_eager"] = t_eager / t_mem
