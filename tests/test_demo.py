@@ -126,3 +126,44 @@ def test_demo_sets_aside_an_audit_of_other_weights_or_settings(tmp_path: Path) -
     )  # from before content_tau existed: it ran at the default 0.5, the demo now uses 0.7
     _set_aside_other_audit(audit, model.WEIGHTS, DEMO_SETTINGS, None)
     assert (tmp_path / "audit-old" / "audit.json").is_file()
+
+
+def test_training_clips_are_rewritten_when_the_training_set_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run directory from a release whose training set differed (same ids, other frames)
+    must not keep its stale clips; unchanged clips are not written again."""
+    from dataclasses import replace
+
+    from memlens.demo import dataset
+    from memlens.video import read_media
+
+    written: list[str] = []
+    real_write = dataset.write_video
+
+    def spy(path: Path, frames: object, **kw: object) -> Path:
+        written.append(Path(path).stem)
+        return real_write(path, frames, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dataset, "write_video", spy)
+    items = dataset.training_set(unique=3, copies=1, seed=0)[:4]
+    ids = [it.id for it in items]
+    train_dir = tmp_path / "train"
+    rows = dataset.write_training_set(items, train_dir)
+    assert [r["item"] for r in rows] == ids
+    assert written == ids
+    written.clear()
+    dataset.write_training_set(items, train_dir)  # nothing changed: nothing written
+    assert written == []
+
+    changed = replace(items[1], frames=255 - items[1].frames)
+    dataset.write_training_set([items[0], changed, *items[2:]], train_dir)
+    assert written == [changed.id]
+    got = read_media(train_dir / f"{changed.id}.mp4").frames.astype(float)
+    assert abs(got - changed.frames).mean() < abs(got - items[1].frames).mean()
+
+    written.clear()
+    (train_dir / dataset.MANIFEST).unlink()  # a directory from before the record
+    dataset.write_training_set(items, train_dir)
+    assert written == ids
+    assert json.loads((train_dir / dataset.MANIFEST).read_text()).keys() == set(ids)

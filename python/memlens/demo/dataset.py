@@ -16,6 +16,8 @@ them can only come from the planted group. :func:`training_set` is deterministic
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ import numpy as np
 
 from memlens.datasets.clips import pan_clip, sprite_clip, write_video, zoom_clip
 from memlens.datasets.photos import real_photographs
+from memlens.engine.records import atomic_write_text
 
 SIZE = 32  # frame side in pixels
 FRAMES = 8  # frames per clip
@@ -243,14 +246,37 @@ def training_set(*, unique: int = 240, copies: int = 32, seed: int = 0) -> list[
     return [items[i] for i in order]
 
 
+MANIFEST = "frames.json"  # in the training directory: item id -> digest of the frames written
+
+
+def _digest(frames: np.ndarray) -> str:
+    h = hashlib.sha256(f"{frames.shape}{frames.dtype}".encode())
+    h.update(np.ascontiguousarray(frames).tobytes())
+    return h.hexdigest()
+
+
 def write_training_set(items: list[Item], directory: Path) -> list[dict[str, object]]:
     """Write each clip as ``<id>.mp4`` under ``directory`` and return the caption rows
-    (``{"item", "caption", "group", "content", "motion"}``) in item order."""
+    (``{"item", "caption", "group", "content", "motion"}``) in item order.
+
+    A clip is written again whenever its frames differ from those its file was written from
+    (recorded in ``directory/frames.json``; a file without a record counts as different), so a
+    run directory made by an older release, whose training set had other clips under the same
+    ids, never keeps a stale clip. The record is replaced only after every clip is written."""
     directory.mkdir(parents=True, exist_ok=True)
+    manifest = directory / MANIFEST
+    try:
+        written = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        written = {}
+    if not isinstance(written, dict):
+        written = {}
+    digests: dict[str, str] = {}
     rows: list[dict[str, object]] = []
     for it in items:
         target = directory / f"{it.id}.mp4"
-        if not target.exists():
+        digests[it.id] = _digest(it.frames)
+        if not target.exists() or written.get(it.id) != digests[it.id]:
             write_video(target, it.frames, fps=FPS)
         rows.append(
             {
@@ -261,4 +287,6 @@ def write_training_set(items: list[Item], directory: Path) -> list[dict[str, obj
                 "motion": it.motion,
             }
         )
+    if digests != written:
+        atomic_write_text(manifest, json.dumps(digests, indent=0, sort_keys=True) + "\n")
     return rows
