@@ -56,6 +56,26 @@ def test_identity_and_frozen_frame() -> None:
     assert not decide([still]).memorized
 
 
+def test_a_still_training_clip_has_no_motion_to_copy() -> None:
+    """NMF (a) on the reference side: a still training clip whose flow is noise (a few
+    pixels above mu_min, its mean magnitude below mu_static) scores 0 and static against a
+    moving generation, not the chance agreement of those pixels."""
+    g = translation(2.0) + local_motion(4)
+    noise = np.zeros_like(g)
+    noise[0, :3, :3] = g[0, :3, :3]  # 9 pixels of one frame, moving exactly like g there
+    assert np.hypot(noise[..., 0], noise[..., 1]).mean() * 256 / H < MotionSettings().mu_static
+    (m,) = score(g, noise, camera_filter="off")
+    assert m.static
+    assert m.ofs == 0.0
+    assert m.ofs_mag == 0.0
+    # the same pixels in a clip that moves (like g) in its other frames do count
+    moving = noise.copy()
+    moving[1:] = g[1:]
+    (n,) = score(g, moving, camera_filter="off")
+    assert not n.static
+    assert n.ofs == pytest.approx(1, abs=1e-6)
+
+
 def test_pure_translation_is_ofs_1_and_camera_motion() -> None:
     (m,) = score(translation(3.0), translation(3.0))
     assert m.ofs == pytest.approx(1, abs=1e-6)

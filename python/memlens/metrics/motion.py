@@ -8,8 +8,12 @@ frame stride k (``memlens.video.flow``):
 - ``OFS_k(G, R) = sum_{t,p} m c / sum_{t,p} m``: the mean direction cosine over pixels where
   both flows move more than ``mu_min``; ``OFS_k^mag`` weights each cosine by the magnitude
   ratio min/max (so "same direction, twice the speed" scores 0.5);
-- NMF (a) static: no valid pixel, or G's mean flow magnitude below ``mu_static`` -> OFS = 0,
-  ``static``: a still video has no motion to memorize;
+- NMF (a) static: no valid pixel, or G's or R's mean flow magnitude below ``mu_static`` ->
+  OFS = 0, ``static``: a still video has no motion to memorize, and a still *training* video
+  has none to be copied (methods.md states the rule for G; it holds for R for the same
+  reason: otherwise the few pixels of sensor or codec noise above ``mu_min`` in a still
+  training clip agree with a moving generation by chance, on too few pixels to mean
+  anything);
 - NMF (b) camera motion: a least-squares global affine flow per frame pair; if it explains G's
   flow (mean residual ratio ``rho < rho_min``) the motion is generic camera motion: the pair
   is excluded from the decision (``camera_filter="exclude"``) or scored on the residual flow
@@ -46,7 +50,7 @@ class MotionSettings:
     """OFS-k / NMF options; defaults are methods.md §1.4's reconstruction [RECON]."""
 
     mu_min: float = 0.5  # px: a pixel "moves" above this (at 256 px short side)
-    mu_static: float = 0.2  # px/frame: G's mean flow magnitude below this is static
+    mu_static: float = 0.2  # px/frame: G's (or R's) mean flow magnitude below this is static
     rho_min: float = 0.1  # affine residual ratio below this = generic camera motion
     camera_filter: CameraFilter = "exclude"
     z_min: float = 3.0  # population z-score a memorized pair must exceed
@@ -140,7 +144,8 @@ def _scores(
     gen_field = np.asarray(stats.gen_field, dtype=np.float64)
     t = gen_field.shape[0]
     gen_mean_mag = gen_field[:, 0].sum() / (t * h * w)
-    static = (count == 0) | (gen_mean_mag < s.mu_static)
+    ref_mean_mag = np.asarray(stats.cand_field, dtype=np.float64)[..., 0].sum(axis=1) / (t * h * w)
+    static = (count == 0) | (gen_mean_mag < s.mu_static) | (ref_mean_mag < s.mu_static)
     rho_gen = float(_nanmean(residual_ratio(gen_field, h, w)))
     rho_ref = _nanmean(residual_ratio(np.asarray(stats.cand_field), h, w))
     return {
