@@ -144,10 +144,11 @@ def _scores(
     gen_field = np.asarray(stats.gen_field, dtype=np.float64)
     t = gen_field.shape[0]
     gen_mean_mag = gen_field[:, 0].sum() / (t * h * w)
-    ref_mean_mag = np.asarray(stats.cand_field, dtype=np.float64)[..., 0].sum(axis=1) / (t * h * w)
+    cand_field = np.asarray(stats.cand_field, dtype=np.float64)
+    ref_mean_mag = cand_field[..., 0].sum(axis=1) / (t * h * w)
     static = (count == 0) | (gen_mean_mag < s.mu_static) | (ref_mean_mag < s.mu_static)
     rho_gen = float(_nanmean(residual_ratio(gen_field, h, w)))
-    rho_ref = _nanmean(residual_ratio(np.asarray(stats.cand_field), h, w))
+    rho_ref = _nanmean(residual_ratio(cand_field, h, w))
     return {
         "ofs": np.where(static, 0.0, ofs),
         "ofs_mag": np.where(static, 0.0, ofs_mag),
