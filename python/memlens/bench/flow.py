@@ -24,7 +24,6 @@ import functools
 import json
 import os
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 import memlens
 from memlens import _dispatch
 from memlens.bench.machine import metadata
-from memlens.bench.timing import median_ratio, times_with_probe
+from memlens.bench.timing import median_ratio, samples, times_with_probe
 from memlens.reference.flow import COS_EPS, FIELD_STATS, PAIR_STATS, FlowStats, grid
 from memlens.reference.flow import flow_similarity as reference
 
@@ -76,20 +75,6 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def timed(
-    fn: Callable[[], Any], repeat: int, sync: Callable[[], None] = lambda: None
-) -> list[float]:
-    fn()  # warm-up: first-touch page faults, lazy imports, kernel compilation
-    sync()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def memory_probe(mb: int, repeat: int) -> dict[str, float]:
     """Read (sum) and copy bandwidth in GB/s over a float32 array of `mb` MiB."""
     a = np.ones(mb * 2**20 // 4, dtype=np.float32)
@@ -97,10 +82,10 @@ def memory_probe(mb: int, repeat: int) -> dict[str, float]:
     out = torch.empty_like(t)
     nbytes = a.nbytes
     res = {
-        "torch_sum": nbytes / min(timed(lambda: t.sum(), repeat)) / 1e9,
-        "numpy_sum": nbytes / min(timed(lambda: a.sum(), repeat)) / 1e9,
+        "torch_sum": nbytes / min(samples(lambda: t.sum(), "cpu", repeat)) / 1e9,
+        "numpy_sum": nbytes / min(samples(lambda: a.sum(), "cpu", repeat)) / 1e9,
         # read + write of the array
-        "torch_copy": 2 * nbytes / min(timed(lambda: out.copy_(t), repeat)) / 1e9,
+        "torch_copy": 2 * nbytes / min(samples(lambda: out.copy_(t), "cpu", repeat)) / 1e9,
     }
     res["read"] = max(res["torch_sum"], res["numpy_sum"])
     return res
@@ -227,7 +212,9 @@ def run(
 
         # Baseline: the best candidate chunk of the torch eager composite, measured here.
         eager = {
-            chunk: timed(functools.partial(torch_eager, gen, cands, cfg.mu_min, chunk), cfg.repeat)
+            chunk: samples(
+                functools.partial(torch_eager, gen, cands, cfg.mu_min, chunk), "cpu", cfg.repeat
+            )
             for chunk in cfg.torch_chunks
         }
         best_chunk = min(eager, key=lambda c: statistics.median(eager[c]))
@@ -253,7 +240,6 @@ def run(
                 log(f"  {m.name:<30} skipped: {why}")
                 continue
             g_dev, c_dev = gen.to(m.device), cands.to(m.device)
-            sync = torch.cuda.synchronize if m.device == "cuda" else (lambda: None)
 
             call = functools.partial(
                 memlens.flow_similarity, g_dev, c_dev, mu_min=cfg.mu_min, backend=m.backend,
@@ -263,7 +249,7 @@ def run(
             if m.device == "cpu":  # each call against a probe read right after it
                 times, reads = times_with_probe(call, "cpu", cfg.repeat, cfg.probe_mb)
             else:
-                times, reads = timed(call, cfg.repeat, sync), []
+                times, reads = samples(call, m.device, cfg.repeat), []
             secs = statistics.median(times)
             row = Row(m.name, dname, m.device, secs, min(times), nbytes / secs / 1e9)
             row.vs_torch = t_eager / secs

@@ -14,9 +14,10 @@ def sync(dev: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], object], dev: str, reps: int, *, warmups: int = 1) -> float:
-    """Median seconds of ``reps`` calls after ``warmups`` (compilation, allocator); CUDA
-    calls are timed with events on the current stream, CPU calls with perf_counter."""
+def samples(fn: Callable[[], object], dev: str, reps: int, *, warmups: int = 1) -> list[float]:
+    """Seconds of each of ``reps`` calls after ``warmups`` (compilation, allocator, first-touch
+    page faults); CUDA calls are timed with events on the current stream, CPU calls with
+    perf_counter."""
     for _ in range(warmups):
         fn()
     sync(dev)
@@ -33,7 +34,12 @@ def timed(fn: Callable[[], object], dev: str, reps: int, *, warmups: int = 1) ->
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return times
+
+
+def timed(fn: Callable[[], object], dev: str, reps: int, *, warmups: int = 1) -> float:
+    """Median seconds of ``reps`` calls after ``warmups`` (see :func:`samples`)."""
+    return statistics.median(samples(fn, dev, reps, warmups=warmups))
 
 
 def times_with_probe(
