@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from memlens.datasets.clips import pan_clip, write_image, write_video, zoom_clip
+from memlens.datasets.clips import pan_clip, spin_clip, write_image, write_video, zoom_clip
 from memlens.datasets.photos import real_photographs
 from memlens.errors import MediaError
 from memlens.video import (
@@ -596,6 +596,41 @@ def test_zoom_clip_zooms_into_the_center() -> None:
         zoom_clip(photo, center=(1.5, 0.5))
     with pytest.raises(ValueError, match="shrinks the window"):
         zoom_clip(photo, frames=200, zoom_per_frame=1.5)
+
+
+def test_spin_clip_turns_the_picture_about_the_centre() -> None:
+    photo = real_photographs()["astronaut"]
+    size, degrees = (96, 64), 6.0
+    clip = spin_clip(photo, frames=6, size=size, degrees_per_frame=degrees, scale=1.5)
+    assert clip.shape == (6, 64, 96, 3)
+    assert clip.dtype == np.uint8
+    # Frame t is frame 0 turned t * degrees counter-clockwise on screen (cv2's positive angle):
+    # compared inside the inscribed circle, where both frames see the photo.
+    yy, xx = np.mgrid[:64, :96]
+    inside = np.hypot(xx - 47.5, yy - 31.5) < 30
+    for t in (1, 5):
+        turn = cv2.getRotationMatrix2D((47.5, 31.5), t * degrees, 1.0)
+        expected = cv2.warpAffine(clip[0], turn, size, flags=cv2.INTER_LINEAR).astype(int)
+        wrong = cv2.warpAffine(clip[0], cv2.getRotationMatrix2D((47.5, 31.5), -t * degrees, 1.0),
+                               size, flags=cv2.INTER_LINEAR).astype(int)  # fmt: skip
+        err = np.abs(clip[t].astype(int) - expected)[inside].mean()
+        assert err < 0.25 * np.abs(clip[t].astype(int) - clip[0])[inside].mean(), (t, err)
+        assert err < 0.25 * np.abs(clip[t].astype(int) - wrong)[inside].mean(), (t, err)
+    # Unturned at scale 1, frame 0 is exactly the centred crop.
+    flat = spin_clip(photo, frames=2, size=size, degrees_per_frame=0.0, scale=1.0)
+    np.testing.assert_array_equal(flat[0], photo[224:288, 208:304])
+    np.testing.assert_array_equal(flat[0], flat[1])
+    # A zoom shrinks the window as it turns; scale=None takes the largest that fits.
+    spiral = spin_clip(photo, frames=4, size=size, degrees_per_frame=-4.0, zoom_per_frame=1.1)
+    assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(spiral))
+    with pytest.raises(ValueError, match="needs a disc"):
+        spin_clip(photo, size=size, scale=20.0)
+    with pytest.raises(ValueError, match="center must be fractions"):
+        spin_clip(photo, center=(0.5, -0.1))
+    with pytest.raises(ValueError, match="degrees_per_frame must be finite"):
+        spin_clip(photo, degrees_per_frame=float("nan"))
+    with pytest.raises(TypeError, match="zoom_per_frame must be a number"):
+        spin_clip(photo, zoom_per_frame="1.1")  # type: ignore[arg-type]
 
 
 # -- writers --------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Short clips made from real photographs, and atomic writers for videos and images.
 
 A clip is a camera moving over a still photograph: :func:`pan_clip` slides a crop window,
-:func:`zoom_clip` shrinks (or grows) one around a point. The windows move by sub-pixel
+:func:`zoom_clip` shrinks (or grows) one around a point, :func:`spin_clip` turns one (a camera
+roll, optionally zooming as it turns). The windows move by sub-pixel
 amounts and are resampled with OpenCV, so consecutive frames differ the way real footage
 does, while every frame is still a view of the photograph (what copy-detection tests need).
 Frames are (T, H, W, 3) uint8 RGB, the layout ``memlens.video.read_media`` returns.
@@ -114,6 +115,59 @@ def zoom_clip(
             yield x, y, w, h
 
     return _render_all(photo, windows(), (width, height), t)
+
+
+def spin_clip(
+    image: np.ndarray,
+    *,
+    frames: int = 16,
+    size: tuple[int, int] = (160, 120),
+    degrees_per_frame: float = 5.0,
+    zoom_per_frame: float = 1.0,
+    scale: float | None = None,
+    center: tuple[float, float] = (0.5, 0.5),
+) -> np.ndarray:
+    """A camera roll over ``image``: a window of ``size`` (W, H) output pixels centred on
+    ``center`` (fractions of the photo's width and height) turns by ``degrees_per_frame``
+    about its centre each frame and shrinks ``zoom_per_frame`` times (1: no zoom), so the
+    picture turns the other way on screen: positive degrees turn the window clockwise on the
+    photo and the picture counter-clockwise on screen. Flow is tangential (plus radial with a
+    zoom), a field no pan or plain zoom makes.
+
+    scale: photo pixels per output pixel of the first (largest) window. None takes the
+    largest scale whose window fits the photo at every angle (a disc of the window's
+    half-diagonal around the centre, which is moved inwards as far as the photo needs).
+    Returns (frames, H, W, 3) uint8."""
+    photo = _check_image(image)
+    t = positive_int("frames", frames)
+    width, height = _check_size(size)
+    degrees = _finite_float("degrees_per_frame", degrees_per_frame)
+    zoom = _positive_float("zoom_per_frame", zoom_per_frame)
+    cx, cy = _finite_pair("center", center)
+    if not (0 <= cx <= 1 and 0 <= cy <= 1):
+        raise ValueError(f"center must be fractions in [0, 1]; got ({cx:g}, {cy:g})")
+    photo_h, photo_w = photo.shape[:2]
+    rel = [zoom ** (-i) for i in range(t)]
+    largest = max(rel)
+    half_diagonal = math.hypot(width, height) / 2  # output pixels
+    room = min(photo_w, photo_h) / 2  # the largest disc radius the photo holds
+    s = room / half_diagonal if scale is None else _positive_float("scale", scale)
+    radius = s * half_diagonal
+    smallest = s * min(rel) / largest * min(width, height)
+    if radius > room or smallest < _MIN_WINDOW:
+        raise ValueError(
+            f"a {width}x{height} window at scale {s:g} turning about its centre needs a disc "
+            f"of radius {radius:.3g} px and shrinks to {smallest:.3g} px; a {photo_w}x{photo_h} "
+            f"photo holds radius {room:g} and the window must stay >= {_MIN_WINDOW:g} px; "
+            f"use a smaller scale or zoom"
+        )
+    px = min(max(cx * photo_w, radius), photo_w - radius)
+    py = min(max(cy * photo_h, radius), photo_h - radius)
+    out = np.empty((t, height, width, 3), dtype=np.uint8)
+    for i, r in enumerate(rel):
+        w, h = width * s * r / largest, height * s * r / largest
+        out[i] = _render(photo, px - w / 2, py - h / 2, w, h, (width, height), i * degrees)
+    return out
 
 
 def sprite_clip(
@@ -281,10 +335,16 @@ def _render_all(
 
 
 def _render(
-    photo: np.ndarray, x: float, y: float, w: float, h: float, size: tuple[int, int]
+    photo: np.ndarray,
+    x: float,
+    y: float,
+    w: float,
+    h: float,
+    size: tuple[int, int],
+    degrees: float = 0.0,
 ) -> np.ndarray:
     """The window [x, x+w) x [y, y+h) of ``photo`` (continuous coordinates: pixel i covers
-    [i, i+1)) resampled to ``size`` = (W, H)."""
+    [i, i+1)), turned ``degrees`` clockwise about its centre, resampled to ``size`` = (W, H)."""
     width, height = size
     sx, sy = w / width, h / height
     if sx > 1 or sy > 1:
@@ -297,12 +357,16 @@ def _render(
         fx, fy = small_w / photo_w, small_h / photo_h
         x, y, w, h = x * fx, y * fy, w * fx, h * fy
         sx, sy = w / width, h / height
-    # Output pixel centre u + 0.5 maps to x + (u + 0.5) * sx in continuous coordinates,
-    # i.e. pixel-index coordinate x + (u + 0.5) * sx - 0.5; at sx = 1 and integer x this
-    # is exactly x + u, a plain crop.
-    matrix = np.array(
-        [[sx, 0.0, x + 0.5 * sx - 0.5], [0.0, sy, y + 0.5 * sy - 0.5]], dtype=np.float64
-    )
+    # Output pixel centre (u + 0.5, v + 0.5) maps to the window centre plus the turned offset
+    # R @ (sx * (u + 0.5 - W/2), sy * (v + 0.5 - H/2)) in continuous coordinates, minus 0.5 for
+    # pixel-index coordinates; unturned, with sx = 1 and integer x, that is exactly x + u, a
+    # plain crop.
+    a = math.radians(degrees)
+    cos, sin = math.cos(a), math.sin(a)
+    linear = np.array([[cos * sx, -sin * sy], [sin * sx, cos * sy]], dtype=np.float64)
+    centre = np.array([x + w / 2, y + h / 2], dtype=np.float64)
+    offset = centre - 0.5 + linear @ np.array([0.5 - width / 2, 0.5 - height / 2])
+    matrix = np.concatenate([linear, offset[:, None]], axis=1)
     return cv2.warpAffine(
         photo,
         matrix,
@@ -345,10 +409,17 @@ def _finite_pair(name: str, value: Sequence[float]) -> tuple[float, float]:
     return a, b
 
 
-def _positive_float(name: str, value: object) -> float:
+def _finite_float(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a positive number; got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be a number; got {type(value).__name__} {value!r}")
     v = float(value)
-    if not (math.isfinite(v) and v > 0):
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite; got {value!r}")
+    return v
+
+
+def _positive_float(name: str, value: object) -> float:
+    v = _finite_float(name, value)
+    if v <= 0:
         raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
     return v
