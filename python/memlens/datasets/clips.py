@@ -89,9 +89,7 @@ def zoom_clip(
     t = positive_int("frames", frames)
     width, height = _check_size(size)
     zoom = _positive_float("zoom_per_frame", zoom_per_frame)
-    cx, cy = _finite_pair("center", center)
-    if not (0 <= cx <= 1 and 0 <= cy <= 1):
-        raise ValueError(f"center must be fractions in [0, 1]; got ({cx:g}, {cy:g})")
+    cx, cy = _fraction_pair("center", center)
     photo_h, photo_w = photo.shape[:2]
     aspect = width / height
     full_w = min(float(photo_w), photo_h * aspect)
@@ -134,18 +132,17 @@ def spin_clip(
     photo and the picture counter-clockwise on screen. Flow is tangential (plus radial with a
     zoom), a field no pan or plain zoom makes.
 
-    scale: photo pixels per output pixel of the first (largest) window. None takes the
-    largest scale whose window fits the photo at every angle (a disc of the window's
-    half-diagonal around the centre, which is moved inwards as far as the photo needs).
+    scale: photo pixels per output pixel of the largest window (the first when zooming in).
+    None takes the largest scale whose window fits the photo at every angle (a disc of the
+    window's half-diagonal around the centre, which is moved inwards as far as the photo
+    needs).
     Returns (frames, H, W, 3) uint8."""
     photo = _check_image(image)
     t = positive_int("frames", frames)
     width, height = _check_size(size)
     degrees = _finite_float("degrees_per_frame", degrees_per_frame)
     zoom = _positive_float("zoom_per_frame", zoom_per_frame)
-    cx, cy = _finite_pair("center", center)
-    if not (0 <= cx <= 1 and 0 <= cy <= 1):
-        raise ValueError(f"center must be fractions in [0, 1]; got ({cx:g}, {cy:g})")
+    cx, cy = _fraction_pair("center", center)
     photo_h, photo_w = photo.shape[:2]
     rel = [zoom ** (-i) for i in range(t)]
     largest = max(rel)
@@ -406,6 +403,13 @@ def _finite_pair(name: str, value: Sequence[float]) -> tuple[float, float]:
     a, b = (float(v) for v in value)
     if not (math.isfinite(a) and math.isfinite(b)):
         raise ValueError(f"{name} must be finite; got {value!r}")
+    return a, b
+
+
+def _fraction_pair(name: str, value: Sequence[float]) -> tuple[float, float]:
+    a, b = _finite_pair(name, value)
+    if not (0 <= a <= 1 and 0 <= b <= 1):
+        raise ValueError(f"{name} must be fractions in [0, 1]; got ({a:g}, {b:g})")
     return a, b
 
 
