@@ -303,14 +303,23 @@ def test_each_simd_level(monkeypatch: pytest.MonkeyPatch, level: str) -> None:
 
 
 @needs_cpu
-def test_cpu_results_do_not_depend_on_threads_or_calls() -> None:
+@pytest.mark.parametrize("block_pixels", [0, 200])
+def test_cpu_results_do_not_depend_on_threads_or_calls(
+    monkeypatch: pytest.MonkeyPatch, block_pixels: int
+) -> None:
+    """Bit-identical sums whatever the team: with few (frame, block) units (whole frames here)
+    every unit is split into candidate ranges; with many (200-pixel blocks: 3 x 18 units) only
+    the units left over after whole waves are; neither may change a partial sum."""
     from memlens.backends import flow_cpu
 
+    monkeypatch.setattr(flow_cpu, "block_pixels", block_pixels)
     gen = flows((3, 70, 50), 14)
     cands = flows((5, 3, 70, 50), 15)
     runs = [
-        flow_cpu.flow_similarity(gen, cands, 0.5, None, None, num_threads=k) for k in (1, 2, 3, 2)
+        flow_cpu.flow_similarity(gen, cands, 0.5, None, None, num_threads=k)
+        for k in (1, 2, 3, 4, 2)
     ]
+    check(runs[0], reference(gen, cands), "cpu")
     for r in runs[1:]:
         for name in ("pair", "gen_field", "cand_field"):
             assert torch.equal(getattr(r, name), getattr(runs[0], name))

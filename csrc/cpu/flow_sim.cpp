@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>  // sysconf
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -31,12 +33,30 @@ namespace memlens {
 namespace cpu {
 namespace {
 
-// Gen pixels per block (all candidates stream past one block of prepared gen, ~20 bytes a pixel).
-// Measured on Zen 4 (2 cores, 256 x 256 frames): whole frames (1.3 MB of prepared gen, in L3)
-// beat blocks that fit L2 (16384 pixels: +20% time), because each candidate is then read in long
-// sequential runs; blocks only matter for frames so large that their gen would not fit L3.
+// Gen pixels per block (all candidates stream past one block of prepared gen, ~20 bytes a pixel),
+// by default; see default_block_pixels.
 constexpr int64_t kDefaultBlockPixels = 65536;
-// Candidates are split into ranges until there are this many tasks per thread (load balance).
+constexpr int64_t kPreparedBytesPerPixel = 20;
+constexpr int64_t kLargeL2Bytes = int64_t{2} << 20;
+
+// The default block size, from the per-core L2 size the OS reports. Measured with 2 cores on
+// 256 x 256 frames, N = 64, T = 15 (bench flow):
+// - Zen 4 (1 MiB L2): whole frames (1.3 MB of prepared gen, in L3) beat blocks that fit L2
+//   (16384 pixels: +20% time); each candidate is then read in long sequential runs;
+// - a Xeon with 2 MiB L2 (AVX-512 FP16, AMX): blocks of a third of L2 (~35000 pixels, two per
+//   frame) beat whole frames by 7% (float32) and 3% (float16): there gen re-read from L3 costs
+//   more than the shorter candidate runs. 24576-32768 pixels were the best of 8192-65536.
+// So: a third of L2 where L2 holds at least 2 MiB, whole frames (up to 65536 pixels) otherwise.
+int64_t default_block_pixels() {
+  long l2 = 0;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+  l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+  if (l2 < kLargeL2Bytes) return kDefaultBlockPixels;
+  return std::min<int64_t>(kDefaultBlockPixels, l2 / 3 / kPreparedBytesPerPixel);
+}
+// With few (frame, block) units, candidates are split into ranges until there are at least
+// this many tasks per thread (load balance).
 constexpr int64_t kTasksPerThread = 4;
 // Partial sums of one batch of frames are kept below this (more frames: several batches).
 constexpr int64_t kPartialBudgetBytes = int64_t{64} << 20;
@@ -90,6 +110,34 @@ float float_up(double x) {
   return f;
 }
 
+// The tasks of one batch of `units` (frame, block) units, in schedule order. Every unit of N
+// candidates is one task, except where that would leave threads idle at the end of the dynamic
+// schedule: T = 15 frames on 2 threads is 8 tasks for one thread and 7 for the other, 1/16 of the
+// run lost. So with many units, the last (units mod threads) are split into `threads` candidate
+// ranges each and scheduled last (each thread takes the same share of them); with few units,
+// every unit is split into the fewest ranges giving >= kTasksPerThread tasks per thread and a
+// multiple of the thread count. Candidate ranges cost one more preparation of the unit's gen rows
+// each, but change no partial sum: a (candidate, frame, block) record is computed the same way
+// whichever task holds it, so the result does not depend on the thread count.
+std::vector<FlowTask> plan_tasks(int64_t units, int64_t blocks, int64_t n, int64_t threads) {
+  std::vector<FlowTask> tasks;
+  auto add = [&](int64_t u, int64_t ranges) {
+    for (int64_t r = 0; r < ranges; ++r) tasks.push_back({u / blocks, u % blocks, n * r / ranges, n * (r + 1) / ranges});
+  };
+  const int64_t p = std::max<int64_t>(threads, 1), most = std::max<int64_t>(n, 1);
+  if (p == 1 || n <= 1) {
+    for (int64_t u = 0; u < units; ++u) add(u, 1);
+  } else if (units < kTasksPerThread * p) {
+    int64_t ranges = std::min((kTasksPerThread * p + units - 1) / units, most);
+    while (ranges < most && (units * ranges) % p != 0) ++ranges;
+    for (int64_t u = 0; u < units; ++u) add(u, ranges);
+  } else {
+    const int64_t whole = units - units % p;
+    for (int64_t u = 0; u < units; ++u) add(u, u < whole ? 1 : std::min(p, most));
+  }
+  return tasks;
+}
+
 void check_array(const FlowArray& a, const char* name, bool nonempty) {
   if (a.dtype != DType::f32 && a.dtype != DType::f16)
     throw std::invalid_argument(std::string(name) + " must be float32 or float16 (dtype code 0 or 1); got code " +
@@ -131,7 +179,7 @@ void flow_similarity(const FlowArray& gen, const FlowArray& cands, const FlowSha
   job.mu_min = mu_min;
   job.gen_affine = gen_affine;
   job.cand_affine = N > 0 ? cand_affine : nullptr;
-  const int64_t block_pixels = opt.block_pixels > 0 ? opt.block_pixels : kDefaultBlockPixels;
+  const int64_t block_pixels = opt.block_pixels > 0 ? opt.block_pixels : default_block_pixels();
   job.rows_per_block = std::clamp<int64_t>(block_pixels / W, 1, H);
   job.blocks = (H + job.rows_per_block - 1) / job.rows_per_block;
   job.wpad = round_up(W, kPadPixels);
@@ -160,13 +208,9 @@ void flow_similarity(const FlowArray& gen, const FlowArray& cands, const FlowSha
 #endif
   if (static_cast<double>(std::max<int64_t>(N, 1)) * T * H * W < static_cast<double>(kMinParallelPixels)) threads = 1;
 
-  // Frames per batch: bounds the partial sums; candidates per range: enough tasks for the team.
+  // Frames per batch: bounds the partial sums.
   const int64_t per_frame = job.blocks * (N * kPartialStats + kFieldStats) * 8;
   const int64_t batch = std::clamp<int64_t>(kPartialBudgetBytes / per_frame, 1, T);
-  const int64_t tasks_tb = std::min(batch, T) * job.blocks;
-  const int64_t ranges =
-      threads > 1 ? std::clamp<int64_t>((kTasksPerThread * threads + tasks_tb - 1) / tasks_tb, 1, std::max<int64_t>(N, 1))
-                  : 1;
   std::vector<double> partial(static_cast<size_t>(batch * job.blocks * N * kPartialStats));
   std::vector<double> gen_partial(static_cast<size_t>(batch * job.blocks * kFieldStats));
 
@@ -196,7 +240,8 @@ void flow_similarity(const FlowArray& gen, const FlowArray& cands, const FlowSha
     if (gen_affine) bj.gen_affine = gen_affine + t0 * 6;
     bj.partial = partial.data();
     bj.gen_partial = gen_partial.data();
-    const int64_t ntasks = nt * job.blocks * ranges;
+    const std::vector<FlowTask> tasks = plan_tasks(nt * job.blocks, job.blocks, N, threads);
+    const int64_t ntasks = static_cast<int64_t>(tasks.size());
     const int team = static_cast<int>(std::min<int64_t>(threads, ntasks));
 
 #pragma omp parallel num_threads(team)
@@ -210,11 +255,7 @@ void flow_similarity(const FlowArray& gen, const FlowArray& cands, const FlowSha
                           reinterpret_cast<double*>(base + gen_bytes + row_bytes),
                           reinterpret_cast<double*>(base + gen_bytes + row_bytes + rowd_bytes)};
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t k = 0; k < ntasks; ++k) {
-        const int64_t r = k % ranges, tb = k / ranges;
-        const FlowTask task{tb / job.blocks, tb % job.blocks, N * r / ranges, N * (r + 1) / ranges};
-        kernel(bj, task, s);
-      }
+      for (int64_t k = 0; k < ntasks; ++k) kernel(bj, tasks[static_cast<size_t>(k)], s);
     }
 
     for (int64_t t = 0; t < nt; ++t) {

@@ -66,7 +66,8 @@ struct FlowOptions {
   int num_threads = 0;              // 0: OpenMP's default
   SimdLevel simd = SimdLevel::scalar;  // resolved by the caller (detect_simd / MEMLENS_SIMD)
   // Pixels of gen per block: all N candidates stream past one block of prepared gen rows
-  // (~20 bytes a pixel) while it stays in cache. 0: the default (65536 pixels).
+  // (~20 bytes a pixel) while it stays in cache. 0: the default (a third of L2 where L2 holds
+  // at least 2 MiB, else 65536 pixels; see flow_sim.cpp).
   int64_t block_pixels = 0;
 };
 
