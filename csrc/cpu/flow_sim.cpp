@@ -138,6 +138,18 @@ std::vector<FlowTask> plan_tasks(int64_t units, int64_t blocks, int64_t n, int64
   return tasks;
 }
 
+// The largest float64 s with sqrt(s) <= mu (sqrt correctly rounded, hence monotone), so that
+// sqrt(s) > mu exactly when s > mask_square(mu). Starts from mu * mu and walks the few ulps to
+// the boundary; mu * mu overflowing means no finite square is above it.
+double mask_square(double mu) {
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  double s = mu * mu;
+  if (std::isinf(s)) return std::numeric_limits<double>::max();
+  while (s > 0 && std::sqrt(s) > mu) s = std::nextafter(s, 0.0);
+  while (std::sqrt(std::nextafter(s, kInf)) <= mu) s = std::nextafter(s, kInf);
+  return s;
+}
+
 void check_array(const FlowArray& a, const char* name, bool nonempty) {
   if (a.dtype != DType::f32 && a.dtype != DType::f16)
     throw std::invalid_argument(std::string(name) + " must be float32 or float16 (dtype code 0 or 1); got code " +
@@ -201,6 +213,7 @@ void flow_similarity(const FlowArray& gen, const FlowArray& cands, const FlowSha
   job.eps_mode = mu_min < kSmallMu ? kExactEps : mu_min < kLargeMu ? kFirstOrder : kNoEps;
   job.lo = float_down(lo);
   job.hi = float_up(hi);
+  job.mask_sq = mask_square(mu_min);
 
   int threads = 1;
 #ifdef _OPENMP
@@ -217,7 +230,7 @@ void flow_similarity(const FlowArray& gen, const FlowArray& cands, const FlowSha
   // Per-thread scratch, 64-byte aligned pieces.
   const int64_t gen_bytes = round_up(job.rows_per_block * gen_row_floats(job.wpad) * 4, 64);
   const int64_t row_bytes = round_up(kGenPlanes * job.wpad * 4, 64);
-  const int64_t rowd_bytes = round_up(6 * job.wpad * 8, 64);
+  const int64_t rowd_bytes = round_up(kRowPlanes * job.wpad * 8, 64);
   const int64_t acc_bytes = round_up(kPartialStats * kMaxLanes * 8, 64);
   const int64_t per_thread = gen_bytes + row_bytes + rowd_bytes + acc_bytes;
   Buffer scratch = aligned_bytes(per_thread * threads);

@@ -63,8 +63,13 @@ inline Norm norm_nr(__m256 s, __m256 half, __m256 tiny) {
 }
 
 struct Avx2 {
-  static void sqrt_pd(double* p, int64_t n) {
-    for (int64_t k = 0; k < n; k += 4) _mm256_storeu_pd(p + k, _mm256_sqrt_pd(_mm256_loadu_pd(p + k)));
+  static void norm_pd(const double* s, double* norm, double* inv, int64_t n) {
+    const __m256d one = _mm256_set1_pd(1.0);
+    for (int64_t k = 0; k < n; k += 4) {
+      const __m256d r = _mm256_sqrt_pd(_mm256_loadu_pd(s + k));
+      _mm256_storeu_pd(norm + k, r);
+      _mm256_storeu_pd(inv + k, _mm256_div_pd(one, r));
+    }
   }
 
   // _mm256_shuffle_ps(v0, v1, 0x88 / 0xdd) deinterleaves 8 (x, y) pairs in-lane, yielding pixels

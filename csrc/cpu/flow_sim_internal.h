@@ -29,6 +29,8 @@ constexpr double kLargeMu = 0.29;
 // 64 bytes.
 enum GenPlane : int { kGx = 0, kGy = 1, kGm = 2, kIg = 3, kEig = 4 };
 constexpr int64_t kGenPlanes = 5;
+// float64 planes of one gen row while it is prepared (see prepare_gen).
+constexpr int64_t kRowPlanes = 9;
 inline int64_t gen_row_floats(int64_t wpad) {
   const int64_t bits = (wpad / 16 * 2 + 3) / 4;  // uint16 per 16 pixels, in floats
   return kGenPlanes * wpad + (bits + 15) / 16 * 16;
@@ -48,6 +50,9 @@ struct FlowJob {
   // not, and pixels in [lo, hi], where float32 rounding could disagree with the float64
   // reference, are recomputed in float64.
   float lo, hi;
+  // The largest float64 s with sqrt(s) <= mu_min (correctly rounded, as the reference computes
+  // |g|): gen's mask |g| > mu_min is exactly |g|^2 > mask_sq, whatever rounding |g| itself gets.
+  double mask_sq;
   // How the SIMD kernels treat the 1e-8 of c = g.r / (|g| |r| + 1e-8), from mu_min (every pixel
   // they count has |g| |r| > mu_min^2), with e = 1e-8 / (|g| |r|):
   //   kExactEps  (mu_min < kSmallMu): a division. Exact zero vectors are also kept out of the
@@ -68,7 +73,7 @@ struct FlowTask {
 struct FlowScratch {
   float* gen;    // rows_per_block * gen_row_floats(wpad) floats
   float* row;    // kGenPlanes * wpad floats: a gathered candidate row (x, y), or gen planes
-  double* rowd;  // 6 * wpad doubles: one gen row as float64, its residual and their norms
+  double* rowd;  // kRowPlanes * wpad doubles: one gen row as float64, its residual and their norms
   double* acc;   // kPartialStats * kMaxLanes doubles: lane-wise sums of one candidate
 };
 

@@ -7,8 +7,8 @@ namespace memlens::cpu {
 namespace {
 
 struct Scalar {
-  static void sqrt_pd(double* p, int64_t n) {
-    for (int64_t k = 0; k < n; ++k) p[k] = std::sqrt(p[k]);
+  static void norm_pd(const double* s, double* norm, double* inv, int64_t n) {
+    for (int64_t k = 0; k < n; ++k) norm[k] = std::sqrt(s[k]), inv[k] = 1.0 / norm[k];
   }
   static int lane_pixel(int l) { return l; }
   static void permute16(const float* src, float* dst) { std::memcpy(dst, src, 16 * sizeof(float)); }
