@@ -114,7 +114,7 @@ struct Avx2 {
       for (int64_t j = c0; j < c1; j += 8) {
         const int64_t p = c1 - j;
         const E* src = static_cast<const E*>(a.cand) + 2 * j;
-        prefetch_ahead(static_cast<const E*>(a.ahead) + 2 * j, 16 * sizeof(E));
+        prefetch_ahead(static_cast<const E*>(a.ahead) + 2 * j, src, 16 * sizeof(E));
         if (p < 8) {  // the row's last pixels, zero-padded to a whole step
           std::memset(tail, 0, sizeof tail);
           std::memcpy(tail, src, static_cast<size_t>(2 * p) * sizeof(E));

@@ -162,7 +162,7 @@ struct Avx512 {
       for (int64_t j = c0; j < c1; j += 16) {
         const int64_t p = c1 - j;
         const E* src = cand + 2 * j;
-        prefetch_ahead(static_cast<const E*>(a.ahead) + 2 * j, 32 * sizeof(E));
+        prefetch_ahead(static_cast<const E*>(a.ahead) + 2 * j, src, 32 * sizeof(E));
         __m512 v0, v1;
         if constexpr (sizeof(E) == 2) {  // two 256-bit loads: no extract of the upper half
           const __m256i* h = reinterpret_cast<const __m256i*>(src);
