@@ -13,7 +13,6 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing_extensions import Self
 
 import memlens
 from memlens.bench.machine import metadata
+from memlens.bench.timing import samples
 
 
 @dataclass
@@ -66,12 +66,14 @@ def unit_rows(n: int, d: int, seed: int) -> np.ndarray:
 
 
 def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+    """Median seconds of ``repeat`` calls (no warm-up: the first call's cost is part of a
+    search) and the last call's result, timed by the benchmarks' one timer."""
+    last: list[Any] = [None]
+
+    def call() -> None:
+        last[0] = fn()
+
+    return statistics.median(samples(call, "cpu", repeat, warmups=0)), last[0]
 
 
 def numpy_topk(q: np.ndarray, r: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
