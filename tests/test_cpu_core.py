@@ -14,7 +14,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the build
     pytest.skip(f"memlens._C is not built ({exc})", allow_module_level=True)
 
-LEVELS = [lv for lv in range(4) if _C.simd_compiled(lv) and lv <= _C.detect_simd()]
+LEVELS = [lv for lv in range(5) if _C.simd_compiled(lv) and lv <= _C.detect_simd()]
 LEVEL_IDS = [_C.simd_name(lv) for lv in LEVELS]
 BF16, INT8 = 1, 2
 DTYPE_CODE = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.uint16): 2}
@@ -139,7 +139,8 @@ def unit(rng, n, d):
 
 def test_simd_reporting():
     assert _C.simd_name(0) == "scalar"
-    assert [_C.simd_name(lv) for lv in range(4)] == ["scalar", "avx2", "avx512", "avx512_bf16"]
+    names = ["scalar", "avx2", "avx512", "avx512_bf16", "amx"]
+    assert [_C.simd_name(lv) for lv in range(5)] == names
     assert _C.simd_compiled(0)
     assert _C.detect_simd() in LEVELS
 

@@ -26,7 +26,8 @@ using bindings::make_refs;
 
 CpuOptions make_options(int num_threads, int simd, int64_t state_bytes = 0) {
   if (state_bytes < 0) throw std::invalid_argument("state_bytes must be >= 0");
-  if (simd < 0 || simd > 3) throw std::invalid_argument("simd level must be 0..3");
+  if (simd < 0 || simd > kMaxSimdLevel)
+    throw std::invalid_argument("simd level must be 0.." + std::to_string(kMaxSimdLevel));
   CpuOptions o;
   o.num_threads = num_threads;
   o.simd = static_cast<SimdLevel>(simd);

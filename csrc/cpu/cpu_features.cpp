@@ -2,6 +2,9 @@
 // supports, capped by the ISA translation units this build compiled.
 #include <cpuid.h>
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <cstdint>
 
 #include "memlens/topk.h"
@@ -16,6 +19,9 @@
 #ifndef MEMLENS_HAVE_AVX512BF16
 #define MEMLENS_HAVE_AVX512BF16 0
 #endif
+#ifndef MEMLENS_HAVE_AMX
+#define MEMLENS_HAVE_AMX 0
+#endif
 
 namespace memlens {
 namespace {
@@ -25,6 +31,23 @@ uint64_t xgetbv0() {
   uint32_t lo, hi;
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
   return (static_cast<uint64_t>(hi) << 32) | lo;
+}
+
+// AMX needs the CPU (CPUID.7.0:EDX bits 24 AMX-TILE, 22 AMX-BF16), the OS's XSAVE support of
+// the tile state (XCR0 bits 17 XTILECFG, 18 XTILEDATA) and, on Linux, the process's permission
+// to use the 8 KiB of tile data, requested once (arch_prctl ARCH_REQ_XCOMP_PERM); without it
+// the first tile instruction faults. The permission covers every thread of the process.
+bool amx_usable(uint64_t xcr0) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  if (!((d & (1u << 24)) && (d & (1u << 22)))) return false;
+  if ((xcr0 & 0x60000) != 0x60000) return false;
+#if defined(__linux__) && defined(SYS_arch_prctl)
+  constexpr int kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
 }
 
 SimdLevel cpu_level() {
@@ -43,7 +66,8 @@ SimdLevel cpu_level() {
   const bool vnni = c & (1u << 11);
   if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return SimdLevel::avx512;
   const bool bf16 = a & (1u << 5);
-  return vnni && bf16 ? SimdLevel::avx512_bf16 : SimdLevel::avx512;
+  if (!(vnni && bf16)) return SimdLevel::avx512;
+  return amx_usable(xcr0) ? SimdLevel::amx : SimdLevel::avx512_bf16;
 }
 
 }  // namespace
@@ -58,6 +82,8 @@ bool simd_compiled(SimdLevel level) {
       return MEMLENS_HAVE_AVX512 == 1;
     case SimdLevel::avx512_bf16:
       return MEMLENS_HAVE_AVX512BF16 == 1;
+    case SimdLevel::amx:
+      return MEMLENS_HAVE_AMX == 1 && MEMLENS_HAVE_AVX512BF16 == 1;
   }
   return false;
 }
@@ -81,6 +107,8 @@ const char* simd_name(SimdLevel level) {
       return "avx512";
     case SimdLevel::avx512_bf16:
       return "avx512_bf16";
+    case SimdLevel::amx:
+      return "amx";
   }
   return "unknown";
 }

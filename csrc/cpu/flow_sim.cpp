@@ -82,6 +82,7 @@ int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 FlowKernel kernel_for(SimdLevel level) {
   switch (level) {
+    case SimdLevel::amx:
     case SimdLevel::avx512_bf16:
     case SimdLevel::avx512:
 #if MEMLENS_HAVE_AVX512
@@ -171,7 +172,7 @@ void flow_similarity(const FlowArray& gen, const FlowArray& cands, const FlowSha
   if (!(std::isfinite(mu_min) && mu_min >= 0))
     throw std::invalid_argument("mu_min must be a finite number >= 0; got " + std::to_string(mu_min));
   if (opt.block_pixels < 0) throw std::invalid_argument("block_pixels must be >= 0");
-  if (static_cast<int>(opt.simd) < 0 || static_cast<int>(opt.simd) > 3 || !simd_compiled(opt.simd) ||
+  if (static_cast<int>(opt.simd) < 0 || static_cast<int>(opt.simd) > kMaxSimdLevel || !simd_compiled(opt.simd) ||
       static_cast<int>(opt.simd) > static_cast<int>(detect_simd()))
     throw std::invalid_argument(std::string("simd level ") + simd_name(opt.simd) + " is not available on this CPU/build");
   const bool frames = T > 0 && H > 0 && W > 0;

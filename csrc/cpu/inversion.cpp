@@ -20,7 +20,8 @@ const cpu::InvKernels& kernels(SimdLevel simd) {
   switch (simd) {
 #if MEMLENS_HAVE_AVX512
     case SimdLevel::avx512:
-    case SimdLevel::avx512_bf16: return cpu::inv_kernels_avx512;
+    case SimdLevel::avx512_bf16:
+    case SimdLevel::amx: return cpu::inv_kernels_avx512;
 #endif
 #if MEMLENS_HAVE_AVX2
     case SimdLevel::avx2: return cpu::inv_kernels_avx2;

@@ -47,6 +47,11 @@ using RerankFn = void (*)(const RerankTask&);
 
 ScanFn scan_for(SimdLevel level, Precision p) {
   switch (level) {
+    case SimdLevel::amx:
+#if MEMLENS_HAVE_AMX
+      if (p == Precision::bf16) return scan_amx;
+#endif
+      [[fallthrough]];
     case SimdLevel::avx512_bf16:
 #if MEMLENS_HAVE_AVX512BF16
       if (p != Precision::fp32) return scan_avx512bf16;
@@ -70,6 +75,7 @@ ScanFn scan_for(SimdLevel level, Precision p) {
 
 RerankFn rerank_for(SimdLevel level) {
   switch (level) {
+    case SimdLevel::amx:
     case SimdLevel::avx512_bf16:
     case SimdLevel::avx512:
 #if MEMLENS_HAVE_AVX512

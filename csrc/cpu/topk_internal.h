@@ -97,5 +97,9 @@ void rerank_avx512(const RerankTask& t);
 // Reduced-precision kernels only; fp32 at this level runs scan_avx512.
 void scan_avx512bf16(ScanTask& t);
 #endif
+#if MEMLENS_HAVE_AMX
+// bf16 through AMX tiles; fp32 and int8 at this level run the avx512 / avx512_bf16 kernels.
+void scan_amx(ScanTask& t);
+#endif
 
 }  // namespace memlens::cpu

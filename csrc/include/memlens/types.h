@@ -14,7 +14,9 @@ enum class Precision : int { fp32 = 0, bf16 = 1, int8 = 2 };
 //   avx2        : AVX2 + FMA + F16C
 //   avx512      : AVX-512 F/BW/DQ/VL
 //   avx512_bf16 : avx512 + AVX512_BF16 + AVX512_VNNI
-enum class SimdLevel : int { scalar = 0, avx2 = 1, avx512 = 2, avx512_bf16 = 3 };
+//   amx         : avx512_bf16 + AMX-TILE + AMX-BF16, with the OS's permission for tile data
+enum class SimdLevel : int { scalar = 0, avx2 = 1, avx512 = 2, avx512_bf16 = 3, amx = 4 };
+constexpr int kMaxSimdLevel = 4;
 
 // A read-only 2-D matrix of rows with arbitrary element strides (in elements,
 // not bytes). Used for reference embeddings, which may be a memory-mapped file

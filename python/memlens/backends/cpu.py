@@ -11,7 +11,7 @@ from memlens._arrays import Matrix
 from memlens._config import workspace_bytes
 
 SIMD_ENV = "MEMLENS_SIMD"
-SIMD_NAMES = ("scalar", "avx2", "avx512", "avx512_bf16")
+SIMD_NAMES = ("scalar", "avx2", "avx512", "avx512_bf16", "amx")
 _PRECISION_CODES = {"bf16": 1, "int8": 2}
 
 
@@ -41,7 +41,8 @@ def native_precision(precision: str) -> bool:
     """Whether this CPU computes ``precision`` faster than fp32 (else the caller runs fp32).
 
     bf16 needs AVX512_BF16 (below it, bf16 values would be widened to fp32: no faster, and
-    the certificate would only add work); int8 needs at least AVX2's vpmaddwd.
+    the certificate would only add work; with AMX it runs on the tile unit); int8 needs at
+    least AVX2's vpmaddwd.
     """
     level = resolve_simd()
     if precision == "bf16":
