@@ -33,14 +33,14 @@ uint64_t xgetbv0() {
   return (static_cast<uint64_t>(hi) << 32) | lo;
 }
 
-// AMX needs the CPU (CPUID.7.0:EDX bits 24 AMX-TILE, 22 AMX-BF16), the OS's XSAVE support of
+// AMX needs the CPU (CPUID.7.0:EDX bits 24 AMX-TILE, 22 AMX-BF16, 25 AMX-INT8), the OS's XSAVE support of
 // the tile state (XCR0 bits 17 XTILECFG, 18 XTILEDATA) and, on Linux, the process's permission
 // to use the 8 KiB of tile data, requested once (arch_prctl ARCH_REQ_XCOMP_PERM); without it
 // the first tile instruction faults. The permission covers every thread of the process.
 bool amx_usable(uint64_t xcr0) {
   unsigned a, b, c, d;
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  if (!((d & (1u << 24)) && (d & (1u << 22)))) return false;
+  if (!((d & (1u << 24)) && (d & (1u << 22)) && (d & (1u << 25)))) return false;
   if ((xcr0 & 0x60000) != 0x60000) return false;
 #if defined(__linux__) && defined(SYS_arch_prctl)
   constexpr int kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;

@@ -49,7 +49,7 @@ ScanFn scan_for(SimdLevel level, Precision p) {
   switch (level) {
     case SimdLevel::amx:
 #if MEMLENS_HAVE_AMX
-      if (p == Precision::bf16) return scan_amx;
+      if (p != Precision::fp32) return scan_amx;
 #endif
       [[fallthrough]];
     case SimdLevel::avx512_bf16:

@@ -98,7 +98,7 @@ void rerank_avx512(const RerankTask& t);
 void scan_avx512bf16(ScanTask& t);
 #endif
 #if MEMLENS_HAVE_AMX
-// bf16 through AMX tiles; fp32 and int8 at this level run the avx512 / avx512_bf16 kernels.
+// bf16 and int8 through AMX tiles; fp32 at this level runs scan_avx512.
 void scan_amx(ScanTask& t);
 #endif
 

@@ -14,7 +14,7 @@ enum class Precision : int { fp32 = 0, bf16 = 1, int8 = 2 };
 //   avx2        : AVX2 + FMA + F16C
 //   avx512      : AVX-512 F/BW/DQ/VL
 //   avx512_bf16 : avx512 + AVX512_BF16 + AVX512_VNNI
-//   amx         : avx512_bf16 + AMX-TILE + AMX-BF16, with the OS's permission for tile data
+//   amx         : avx512_bf16 + AMX-TILE/BF16/INT8, with the OS's permission for tile data
 enum class SimdLevel : int { scalar = 0, avx2 = 1, avx512 = 2, avx512_bf16 = 3, amx = 4 };
 constexpr int kMaxSimdLevel = 4;
 
