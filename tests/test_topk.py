@@ -349,9 +349,22 @@ def test_candidate_lists_are_bounded_by_the_workspace(monkeypatch: pytest.Monkey
     calls = _count_candidate_passes(monkeypatch)
     q = unit_rows(2000, 16, 29)
     r = unit_rows(5000, 16, 30)
+    from memlens.backends import cpu
+
+    reranked: list[int] = []
+    rerank = cpu.rerank
+
+    def counted_rerank(q, refs, idx, normalize):
+        reranked.append(idx.numel())
+        return rerank(q, refs, idx, normalize)
+
+    monkeypatch.setattr(cpu, "rerank", counted_rerank)
     s, i = memlens.cosine_topk(q, r, 300, precision="int8", backend="cpu")
     assert calls[:2] == [501, 501], "2000 queries x 501 candidates must be split in two passes"
-    assert_exact_topk(s[::50], i[::50], q[::50], r, 300)
+    # the re-rank's transients get a quarter of the workspace beside the lists' half
+    assert len(reranked) > 2
+    assert max(reranked) * _certify.RERANK_BYTES <= (16 << 20) // 4
+    assert_exact_topk(s, i, q, r, 300)
 
 
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="CPU core not built")

@@ -33,6 +33,10 @@ PILOT_QUERIES = 256
 MIN_GROWTH = 2
 SAFETY = 1.5
 MAX_CANDIDATES = 8192
+# Transient bytes per candidate while a block is re-ranked and sorted: the contiguous copy of
+# its indices (8), the C++ re-rank's reference order (16), the scores (4), and sort_topk's
+# argsorts and gathers (28, after the re-rank's are freed); the larger phase, rounded up.
+RERANK_BYTES = 32
 
 
 def max_candidates(k: int, n_refs: int) -> int:
@@ -107,11 +111,20 @@ def _certified_pass(
     approximate scores, and the approximate score an excluded reference would need to
     displace the k-th (so the query is certified iff approx[:, kc] < needed)."""
     approx, cand, err = impl.candidates(q, refs, kc + 1, normalize, precision)
-    # the whole group at once (its candidate lists already fit the workspace): every
-    # reference row is read once for all the group's queries that list it, where blocks of
-    # queries would read the candidate rows once per block (4 blocks: 2x the re-rank time)
-    exact = impl.rerank(q, refs, cand[:, :kc], normalize)
-    s, i = sort_topk(exact, cand[:, :kc], k)
+    # Re-rank and sort as few blocks of queries as the workspace allows: a block reads every
+    # reference row its queries list once (more blocks, more re-reads: 4 blocks cost 2x the
+    # re-rank time), but its transients (RERANK_BYTES a candidate) come on top of the group's
+    # candidate lists; unbounded, they took a bf16 search at nr = 1e6, k = 1000 to 451 MB
+    # over its inputs (on a 256 MB workspace).
+    nq = q.shape[0]
+    block = max(1, workspace_bytes() // 4 // (kc * RERANK_BYTES))
+    s = torch.empty((nq, k), dtype=torch.float32, device=q.device)
+    i = torch.empty((nq, k), dtype=torch.int64, device=q.device)
+    for a in range(0, nq, block):
+        b = min(nq, a + block)
+        exact = impl.rerank(q[a:b], refs, cand[a:b, :kc], normalize)
+        s[a:b], i[a:b] = sort_topk(exact, cand[a:b, :kc], k)
+        del exact
     # an excluded reference could score up to approx[:, kc] + err, and the re-rank is off by
     # at most slack: the k-th exact score must beat both
     needed = s[:, k - 1] - err - rerank_slack(q.shape[1], q, max_ref_norm)
