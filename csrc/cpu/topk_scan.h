@@ -282,6 +282,12 @@ void put_ref_f32(const ScanTask& t, const RowQuant& rq, int j, int64_t d, float*
   for (int64_t p = 0; p < d; ++p) b[p * NR + j] = v[p];
 }
 
+// bf16 values (the row's bf16 rounding) in pairs of consecutive elements: groups [d / 2][NR][2].
+template <int NR>
+void put_ref_bf16(const RowQuant& rq, int j, int64_t d, uint16_t* b) {
+  for (int64_t p = 0; p < d; ++p) b[(p / 2 * NR + j) * 2 + p % 2] = static_cast<uint16_t>(float_to_bits(rq.deq[p]) >> 16);
+}
+
 // Integer codes in KG-tuples of elements of type T (int8 query codes are held as floats),
 // each element mapped by f (e.g. the +128 offset of unsigned VNNI operands).
 template <int MR, int KG, class T, class F>

@@ -25,6 +25,39 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
 };
 
+// The 32 x 32 product of one query micro-panel a ([32][dpad] rows of stride_a bytes) and one
+// reference group b ([dpad / KG][32][KG] elements, 128 bytes a row), 64 bytes of d per tile
+// step, stored to c as 32 rows of 32 fp32 (bf16 operands) or int32 (int8 operands) scores.
+template <bool kInt8>
+void tile_product(const char* a, const char* b, int64_t steps, int64_t stride_a, void* c) {
+  _tile_zero(4);
+  _tile_zero(5);
+  _tile_zero(6);
+  _tile_zero(7);
+  for (int64_t k = 0; k < steps; ++k) {
+    _tile_loadd(0, a + k * 64, stride_a);
+    _tile_loadd(1, a + 16 * stride_a + k * 64, stride_a);
+    _tile_loadd(2, b + k * 16 * 128, 128);
+    _tile_loadd(3, b + k * 16 * 128 + 64, 128);
+    if constexpr (kInt8) {
+      _tile_dpbssd(4, 0, 2);
+      _tile_dpbssd(5, 0, 3);
+      _tile_dpbssd(6, 1, 2);
+      _tile_dpbssd(7, 1, 3);
+    } else {
+      _tile_dpbf16ps(4, 0, 2);
+      _tile_dpbf16ps(5, 0, 3);
+      _tile_dpbf16ps(6, 1, 2);
+      _tile_dpbf16ps(7, 1, 3);
+    }
+  }
+  char* out = static_cast<char*>(c);
+  _tile_stored(4, out, 128);
+  _tile_stored(5, out + 64, 128);
+  _tile_stored(6, out + 16 * 128, 128);
+  _tile_stored(7, out + 16 * 128 + 64, 128);
+}
+
 // Query micro-panels are [MR][dpad] bf16 rows (a tile row is 32 consecutive elements of one
 // query); reference groups are [dpad / 2][NR][2] bf16 pairs, the layout of the avx512_bf16
 // kernel, read as two tiles of 16 references with a 128-byte row stride. d is zero-padded to
@@ -41,32 +74,12 @@ struct AmxBf16 {
       for (int64_t p = 0; p < d; ++p) a[i * dp + p] = float_to_bf16(t.q[(q0 + i) * d + p]);
   }
   static void put_ref(const ScanTask&, const RowQuant& rq, int j, int64_t d, void* dst) {
-    uint16_t* b = static_cast<uint16_t*>(dst);
-    for (int64_t p = 0; p < d; ++p) b[(p / 2 * NR + j) * 2 + p % 2] = static_cast<uint16_t>(float_to_bits(rq.deq[p]) >> 16);
+    put_ref_bf16<NR>(rq, j, d, static_cast<uint16_t*>(dst));
   }
   static void compute(const void* ap, const void* bp, ScanTask& t, int64_t q0, int m, int64_t r0, int n) {
-    const char* a = static_cast<const char*>(ap);
-    const char* b = static_cast<const char*>(bp);
-    const int64_t dp = dpad(t.refs->cols), stride_a = dp * 2;
-    _tile_zero(4);
-    _tile_zero(5);
-    _tile_zero(6);
-    _tile_zero(7);
-    for (int64_t k = 0; k < dp / KG; ++k) {
-      _tile_loadd(0, a + k * 64, stride_a);
-      _tile_loadd(1, a + 16 * stride_a + k * 64, stride_a);
-      _tile_loadd(2, b + k * 16 * NR * 4, NR * 4);
-      _tile_loadd(3, b + k * 16 * NR * 4 + 64, NR * 4);
-      _tile_dpbf16ps(4, 0, 2);
-      _tile_dpbf16ps(5, 0, 3);
-      _tile_dpbf16ps(6, 1, 2);
-      _tile_dpbf16ps(7, 1, 3);
-    }
     alignas(64) float s[MR][NR];
-    _tile_stored(4, s[0], NR * 4);
-    _tile_stored(5, s[0] + 16, NR * 4);
-    _tile_stored(6, s[16], NR * 4);
-    _tile_stored(7, s[16] + 16, NR * 4);
+    tile_product<false>(static_cast<const char*>(ap), static_cast<const char*>(bp), dpad(t.refs->cols) / KG,
+                        dpad(t.refs->cols) * 2, s);
     const __mmask32 valid = lanes(n);
     for (int i = 0; i < m; ++i) select32(s[i], 1.0f, t.res[q0 + i], valid, r0, t);
   }
@@ -97,25 +110,8 @@ struct AmxI8 {
     const char* a = static_cast<const char*>(ap);
     const char* b = static_cast<const char*>(bp);
     const int64_t d = t.refs->cols, dp = dpad(d);
-    _tile_zero(4);
-    _tile_zero(5);
-    _tile_zero(6);
-    _tile_zero(7);
-    for (int64_t k = 0; k < dp / KG; ++k) {
-      _tile_loadd(0, a + k * 64, dp);
-      _tile_loadd(1, a + 16 * dp + k * 64, dp);
-      _tile_loadd(2, b + k * 16 * NR * 4, NR * 4);
-      _tile_loadd(3, b + k * 16 * NR * 4 + 64, NR * 4);
-      _tile_dpbssd(4, 0, 2);
-      _tile_dpbssd(5, 0, 3);
-      _tile_dpbssd(6, 1, 2);
-      _tile_dpbssd(7, 1, 3);
-    }
     alignas(64) int32_t c[MR][NR];
-    _tile_stored(4, c[0], NR * 4);
-    _tile_stored(5, c[0] + 16, NR * 4);
-    _tile_stored(6, c[16], NR * 4);
-    _tile_stored(7, c[16] + 16, NR * 4);
+    tile_product<true>(a, b, dp / KG, dp, c);
     const float* sr = reinterpret_cast<const float*>(b + scale_offset(d));
     const __m512 sr0 = _mm512_loadu_ps(sr), sr1 = _mm512_loadu_ps(sr + 16);
     alignas(64) float s[NR];

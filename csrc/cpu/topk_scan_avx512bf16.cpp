@@ -22,8 +22,7 @@ struct Bf16 {
       for (int64_t p = 0; p < d; ++p) a[(p / 2 * MR + i) * 2 + p % 2] = float_to_bf16(t.q[(q0 + i) * d + p]);
   }
   static void put_ref(const ScanTask&, const RowQuant& rq, int j, int64_t d, void* dst) {
-    uint16_t* b = static_cast<uint16_t*>(dst);
-    for (int64_t p = 0; p < d; ++p) b[(p / 2 * NR + j) * 2 + p % 2] = static_cast<uint16_t>(float_to_bits(rq.deq[p]) >> 16);
+    put_ref_bf16<NR>(rq, j, d, static_cast<uint16_t*>(dst));
   }
   static void compute(const void* ap, const void* bp, ScanTask& t, int64_t q0, int m, int64_t r0, int n) {
     const int32_t* a = static_cast<const int32_t*>(ap);
