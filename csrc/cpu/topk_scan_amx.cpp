@@ -7,9 +7,13 @@
 //
 // Tiles (palette 1, each 16 rows x 64 bytes): 0-1 two 16-query blocks of A (32 bf16 or 64 int8
 // of d per row), 2-3 two 16-reference blocks of B (row p holds elements 2p, 2p+1 (bf16) or
-// 4p..4p+3 (int8) of the 16 references), 4-7 the four 16 x 16 fp32 or int32 score blocks. tdpbf16ps multiplies bf16 exactly and
-// accumulates each score in fp32, one rounding per addition and denormals flushed, as
-// vdpbf16ps does, so the error bound of topk.cpp covers it.
+// 4p..4p+3 (int8) of the 16 references), 4-7 the four 16 x 16 fp32 or int32 score blocks.
+// tdpbf16ps multiplies bf16 exactly and accumulates each score in fp32, one rounding per
+// addition and denormals flushed, as vdpbf16ps does, so the error bound of topk.cpp covers it.
+//
+// GCC 12 flags the _mm512_undefined_*() operands inside its own conversion intrinsics as
+// maybe-uninitialized (GCC bug 105593); the warning is about the header, not this code.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include "topk_select_avx512.h"
