@@ -47,13 +47,17 @@ constexpr int64_t kLargeL2Bytes = int64_t{2} << 20;
 //   frame) beat whole frames by 7% (float32) and 3% (float16): there gen re-read from L3 costs
 //   more than the shorter candidate runs. 24576-32768 pixels were the best of 8192-65536.
 // So: a third of L2 where L2 holds at least 2 MiB, whole frames (up to 65536 pixels) otherwise.
+// Read once per process: sysconf asks CPUID, which traps to the hypervisor in a VM.
 int64_t default_block_pixels() {
-  long l2 = 0;
+  static const int64_t pixels = [] {
+    long l2 = 0;
 #ifdef _SC_LEVEL2_CACHE_SIZE
-  l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
 #endif
-  if (l2 < kLargeL2Bytes) return kDefaultBlockPixels;
-  return std::min<int64_t>(kDefaultBlockPixels, l2 / 3 / kPreparedBytesPerPixel);
+    if (l2 < kLargeL2Bytes) return kDefaultBlockPixels;
+    return std::min<int64_t>(kDefaultBlockPixels, l2 / 3 / kPreparedBytesPerPixel);
+  }();
+  return pixels;
 }
 // With few (frame, block) units, candidates are split into ranges until there are at least
 // this many tasks per thread (load balance).
