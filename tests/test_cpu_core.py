@@ -211,6 +211,32 @@ def test_topk_duplicate_rows_tie_by_lower_index(level):
     np.testing.assert_array_equal(i[0], np.arange(40))
 
 
+def test_topk_reservoir_selection_with_ties_signs_and_zeros(level):
+    """Thousands of references so that every reservoir is compacted many times: (a) scores a
+    few ulps apart (q = e_0 picks column 0 exactly, shuffled so index order is not score
+    order), where a threshold one value off keeps the wrong set; (b) rows from a small
+    palette scoring positive, negative and zero, every compaction's k-th score on a tie.
+    The answer must be the k best by (score, lower index)."""
+    rng = np.random.default_rng(11)
+    n, d = 6000, 16
+    close = np.zeros((n, d), np.float32)
+    close[:, 0] = (0.5 + 2.0**-24 * rng.permutation(n)).astype(np.float32)  # 1 ulp apart
+    close[:, 1:] = rng.standard_normal((n, d - 1))
+    e0 = np.zeros((1, d), np.float32)
+    e0[0, 0] = 1
+    q = unit(rng, 3, d)
+    palette = np.concatenate([q, -q, np.zeros((1, d), np.float32), unit(rng, 4, d)])
+    tied = palette[rng.integers(0, len(palette), n)]
+    for qs, r in ((e0, close), (q, tied)):
+        ex = exact_scores(qs, r, False)
+        for k in (1, 37, 500):
+            s, i = topk(qs, r, k, level, normalize=False, threads=1)
+            by_index = np.broadcast_to(np.arange(n), ex.shape)
+            order = np.lexsort((by_index, -ex), axis=1)[:, :k]
+            np.testing.assert_array_equal(i, order)
+            np.testing.assert_allclose(s, np.take_along_axis(ex, order, 1), rtol=0, atol=1e-6)
+
+
 def test_topk_zero_rows_normalized(level):
     rng = np.random.default_rng(5)
     r = rng.standard_normal((64, 10)).astype(np.float32)

@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <functional>
 #include <limits>
 #include <memory>
 #include <numeric>
@@ -201,12 +200,47 @@ void search(const float* queries, int64_t nq, const RowMatrix& refs, bool normal
 
 }  // namespace
 
+namespace {
+
+// Float scores as unsigned keys in the same order (-inf lowest; the reservoirs hold no NaN).
+inline uint32_t order_key(float f) {
+  const uint32_t u = float_to_bits(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+inline float key_to_float(uint32_t key) { return bits_to_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key); }
+
+// The k-th largest of s[0, n) (1 <= k <= n) by radix selection on order_key: three passes of
+// 11, 11 and 10 bits, each a histogram of the keys still in the running, then only the keys of
+// the bin that holds the k-th. std::nth_element on the same reservoirs (compares with
+// unpredictable branches) was 12% of a k = 1000 search. `keys` holds n entries.
+float kth_largest(const float* s, int64_t n, int64_t k, uint32_t* keys) {
+  for (int64_t i = 0; i < n; ++i) keys[i] = order_key(s[i]);
+  constexpr int kShift[3] = {21, 10, 0}, kBits[3] = {11, 11, 10};
+  uint32_t prefix = 0;
+  for (int pass = 0; pass < 3; ++pass) {
+    const int shift = kShift[pass];
+    const uint32_t bins = 1u << kBits[pass];
+    uint32_t hist[2048] = {};
+    for (int64_t i = 0; i < n; ++i) ++hist[(keys[i] >> shift) & (bins - 1)];
+    uint32_t b = bins - 1;
+    int64_t above = 0;
+    for (; b > 0 && above + hist[b] < k; --b) above += hist[b];
+    k -= above;
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; ++i)
+      if (((keys[i] >> shift) & (bins - 1)) == b) keys[kept++] = keys[i];
+    n = kept;
+    prefix |= b << shift;
+  }
+  return key_to_float(prefix);
+}
+
+}  // namespace
+
 void reservoir_compact(Reservoir& r, int64_t k, float* scratch) {
   // The k-th largest score t, then one stable pass: keep every score > t and, in index
   // order, as many scores == t as fill k.
-  std::copy(r.score, r.score + r.size, scratch);
-  std::nth_element(scratch, scratch + (k - 1), scratch + r.size, std::greater<float>());
-  const float t = scratch[k - 1];
+  const float t = kth_largest(r.score, r.size, k, reinterpret_cast<uint32_t*>(scratch));
   int64_t ties = k;
   for (int64_t i = 0; i < r.size; ++i) ties -= r.score[i] > t;
   int64_t n = 0;
